@@ -1,0 +1,118 @@
+"""CodeLlamaConfig: Llama's fields plus the Code Llama facts the converter, tokenizer and pipelines read."""
+
+from __future__ import annotations
+
+import logging
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+from .variants import CHAT_FORMATS, FIM_IDS_32016, FLAVORS, PRESETS, STEP_ID_70B_INSTRUCT, Variant, get_variant
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPE = "codellama_hf"  # no Transformers release uses it ("code_llama" is a tokenizer-only key there)
+
+# Llama fields that identify a variant in a stock `model_type: llama` config.json.
+_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "intermediate_size", "vocab_size")
+# Code Llama facts, filled in when every candidate variant agrees on them.
+_FACT_FIELDS = ("variant", "flavor", "infilling", "chat_format", "prefix_token_id", "suffix_token_id",
+                "middle_token_id", "eot_token_id", "step_token_id")
+
+
+@strict
+class CodeLlamaConfig(LlamaConfig):
+    """Differs from LlamaConfig: knows the 12 variants and adds their flavor, infilling ids and chat format.
+
+    A fact left as None is unknown (e.g. a stock checkpoint whose shapes fit several variants).
+    """
+
+    model_type = MODEL_TYPE
+
+    variant: str | None = None
+    flavor: str | None = None  # "base" | "python" | "instruct"
+    infilling: bool | None = None  # trained for infilling
+    prefix_token_id: int | None = None
+    suffix_token_id: int | None = None
+    middle_token_id: int | None = None
+    eot_token_id: int | None = None
+    step_token_id: int | None = None  # 70b-Instruct's turn marker `<step>`
+    chat_format: str | None = None  # "none" | "inst" | "step"
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if self.variant is not None:
+            get_variant(self.variant)
+        if self.flavor is not None and self.flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {self.flavor!r}; expected one of: {', '.join(FLAVORS)}")
+        if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
+            raise ValueError(f"unknown chat_format {self.chat_format!r}; expected one of: {', '.join(CHAT_FORMATS)}")
+
+    @classmethod
+    def from_variant(cls, name: str, **overrides) -> CodeLlamaConfig:
+        """The exact config of a released variant; `overrides` replace fields (e.g. a tiny test model)."""
+        return cls(**{**preset_fields(get_variant(name)), **overrides})
+
+    @property
+    def fim_token_ids(self) -> dict[str, int] | None:
+        """Prefix/suffix/middle/end-of-infill ids, or None where the vocab has no infilling tokens."""
+        ids = {k: getattr(self, k) for k in FIM_IDS_32016}
+        return None if None in ids.values() else ids
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """EOS, plus EOT where the variant infills and `<step>` where it chats in Source:/<step> turns."""
+        extra = [self.eot_token_id if self.infilling else None, self.step_token_id]
+        return [self.eos_token_id] + [i for i in extra if i is not None]
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # Differs: a stock `model_type: llama` config (as published on the hub) is read as Code Llama,
+        # with the facts its shapes, vocab and rope theta decide.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == "llama":
+            config_dict = {**config_dict, **identify(config_dict), "model_type": MODEL_TYPE}
+        return config_dict, kwargs
+
+
+def preset_fields(v: Variant) -> dict:
+    """CodeLlamaConfig keyword arguments for a preset row."""
+    has_fim = v.vocab_size == 32016
+    return dict(
+        variant=v.name, flavor=v.flavor, infilling=v.infilling, chat_format=v.chat_format,
+        hidden_size=v.hidden_size, num_hidden_layers=v.num_hidden_layers,
+        num_attention_heads=v.num_attention_heads, num_key_value_heads=v.num_key_value_heads,
+        intermediate_size=v.intermediate_size, vocab_size=v.vocab_size,
+        max_position_embeddings=v.max_position_embeddings,
+        rope_parameters={"rope_theta": v.rope_theta, "rope_type": "default"},
+        **{k: (i if has_fim else None) for k, i in FIM_IDS_32016.items()},
+        step_token_id=STEP_ID_70B_INSTRUCT if v.chat_format == "step" else None,
+        bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5, tie_word_embeddings=False, dtype="bfloat16",
+    )
+
+
+def _rope_theta(config_dict: dict) -> float | None:
+    params = config_dict.get("rope_parameters") or {}
+    return float(params.get("rope_theta", config_dict.get("rope_theta", 10000.0)))
+
+
+def identify(config_dict: dict) -> dict:
+    """Code Llama facts of a stock Llama config: those on which every matching preset agrees.
+
+    Shapes, vocab and rope theta decide; where several variants share them (e.g. the three 34b),
+    the facts they disagree on, the variant name among them, stay None (unknown).
+    """
+    theta = _rope_theta(config_dict)
+    kv = config_dict.get("num_key_value_heads") or config_dict.get("num_attention_heads")
+    got = {**{k: config_dict.get(k) for k in _SHAPE_FIELDS}, "num_key_value_heads": kv}
+    matches = [preset_fields(v) for v in PRESETS
+               if all(getattr(v, k) == got[k] for k in _SHAPE_FIELDS) and v.rope_theta == theta]
+    if not matches:
+        logger.warning("checkpoint shapes %s with rope theta %s match no Code Llama variant; loading it "
+                       "with every Code Llama fact unknown", got, theta)
+        return {}
+    facts = {k: matches[0][k] for k in _FACT_FIELDS if all(m[k] == matches[0][k] for m in matches)}
+    if "variant" not in facts:
+        logger.info("checkpoint fits %d variants; the variant is unknown", len(matches))
+    return facts

@@ -1,0 +1,1 @@
+"""Fixtures for the converter tests (synthetic Meta checkpoints the tests write)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the tokenizer tests (tiny SentencePiece models the tests train)."""
