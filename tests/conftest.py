@@ -28,7 +28,7 @@ def shared_tokenizers() -> Path:
 def tiny_config():
     from codellama_hf import CodeLlamaConfig
 
-    return CodeLlamaConfig.from_variant("CodeLlama-7b", **TINY, vocab_size=512, dtype="float32")
+    return CodeLlamaConfig.from_variant("CodeLlama-7b", **TINY, dtype="float32")  # the real 32016 vocab
 
 
 @pytest.fixture
