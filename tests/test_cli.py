@@ -1,0 +1,43 @@
+"""The command-line front: instant help, one-line errors, the variants table."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("codellama-hf"))
+
+
+def run(*args):
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_building_the_parser_imports_neither_torch_nor_transformers():
+    code = "import sys, codellama_hf_cli; codellama_hf_cli.build_parser(); print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_help_lists_the_commands():
+    done = run("--help")
+    assert done.returncode == 0
+    assert "convert" in done.stdout and "variants" in done.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("nonsense",)])
+def test_bad_command_line_exits_2_with_usage_and_no_traceback(args):
+    done = run(*args)
+    assert done.returncode == 2
+    assert "usage: codellama-hf" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_variants_prints_the_twelve_presets():
+    done = run("variants")
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.strip().splitlines()
+    assert header.split("\t")[:3] == ["name", "flavor", "hidden_size"]
+    assert [r.split("\t")[0] for r in rows][:3] == ["CodeLlama-7b", "CodeLlama-7b-Python", "CodeLlama-7b-Instruct"]
+    assert len(rows) == 12
+    seventy = dict(zip(header.split("\t"), rows[-1].split("\t")))
+    assert (seventy["rope_theta"], seventy["max_position_embeddings"], seventy["chat_format"]) == ("10000.0", "4096", "step")
