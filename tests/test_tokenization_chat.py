@@ -1,0 +1,123 @@
+"""Instruct chat prompts: token-identical to Meta's chat_completion (inst) and dialog_prompt_tokens (step)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.fixtures_tokenizer import stdlib_snippets
+
+
+def _dialogs(count: int, *, step: bool, seed: int = 0) -> list[list[dict]]:
+    rng = random.Random(seed)
+    texts = [t[:300] for t in stdlib_snippets(4 * count, seed=seed + 1)] + ["", "  ", " padded  ", "\n\nx\n"]
+    dialogs = []
+    for _ in range(count):
+        turns = []
+        if rng.random() < 0.5:
+            turns.append({"role": "system", "content": rng.choice(texts)})
+        for k in range(2 * rng.randrange(0, 3) + 1):  # ends with the user
+            message = {"role": "user" if k % 2 == 0 else "assistant", "content": rng.choice(texts)}
+            if step and message["role"] == "assistant" and rng.random() < 0.7:
+                message["destination"] = "user"
+            turns.append(message)
+        if not step and turns[0]["role"] == "system" and len(turns) == 1:
+            continue
+        dialogs.append(turns)
+    return dialogs
+
+
+@pytest.fixture(scope="module")
+def inst(tiny_vocabs, load_tokenizer):
+    return load_tokenizer(tiny_vocabs["fim"], chat_format="inst")
+
+
+@pytest.fixture(scope="module")
+def step(tiny_vocabs, load_tokenizer):
+    return load_tokenizer(tiny_vocabs["step"], chat_format="step")
+
+
+def test_inst_chat_matches_meta(inst):
+    tok, ref = inst
+    dialogs = _dialogs(60, step=False)
+    for dialog in dialogs:
+        ids = tok.apply_chat_template(dialog, add_generation_prompt=True, tokenize=True, allow_special_tags=True)
+        assert ids["input_ids"] == ref.chat_inst(dialog)
+    batched = tok.apply_chat_template(dialogs, add_generation_prompt=True, return_dict=False, allow_special_tags=True)
+    assert batched == [ref.chat_inst(d) for d in dialogs]
+
+
+def test_step_chat_matches_meta(step):
+    tok, ref = step
+    for dialog in _dialogs(60, step=True):
+        ids = tok.apply_chat_template(dialog, add_generation_prompt=True, return_dict=False, allow_special_tags=True)
+        assert ids == ref.chat_step(dialog)
+    assert ref.step_id in ids and ids[0] == ref.bos_id
+
+
+def test_system_message_is_merged_into_the_first_user_turn(inst):
+    tok, ref = inst
+    dialog = [{"role": "system", "content": "Answer in Python."}, {"role": "user", "content": "  sort a list "}]
+    # Meta strips the merged text, so the user's own leading spaces survive after the system block.
+    expected = ref.encode("[INST] <<SYS>>\nAnswer in Python.\n<</SYS>>\n\n  sort a list [/INST]", bos=True)
+    assert tok.apply_chat_template(dialog, add_generation_prompt=True, return_dict=False) == expected
+
+
+@pytest.mark.parametrize("tag", ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "<step>"])
+def test_special_tags_are_refused_unless_allowed(inst, tag):
+    from codellama_hf.errors import UserInputError
+
+    tok, ref = inst
+    dialog = [{"role": "user", "content": f"what does {tag} mean?"}]
+    with pytest.raises(UserInputError, match="allow_special_tags=True"):
+        tok.apply_chat_template(dialog, add_generation_prompt=True)
+    ids = tok.apply_chat_template(dialog, add_generation_prompt=True, return_dict=False, allow_special_tags=True)
+    assert ids == ref.chat_inst(dialog)
+    assert ids.count(tok.bos_token_id) == 1 and tok.eos_token_id not in ids
+
+
+def test_non_instruct_tokenizer_refuses_to_chat(tiny_vocabs, load_tokenizer):
+    from codellama_hf.errors import UserInputError
+
+    tok, _ = load_tokenizer(tiny_vocabs["fim"])
+    with pytest.raises(UserInputError, match="chat_format 'none'.*CodeLlama-7b-Instruct"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+
+
+def test_bad_roles_are_refused(inst, step):
+    from codellama_hf.errors import UserInputError
+
+    for tok, _ in (inst, step):
+        with pytest.raises(UserInputError, match="roles"):
+            tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+        with pytest.raises(UserInputError, match="last message"):
+            tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                    add_generation_prompt=True)
+
+
+def test_finished_dialog_without_generation_prompt(inst):
+    tok, ref = inst
+    dialog = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    expected = ref.encode("[INST] a [/INST] b ", bos=True, eos=True)
+    assert tok.apply_chat_template(dialog, add_generation_prompt=False, return_dict=False) == expected
+
+
+@pytest.mark.parametrize("fmt", ["inst", "step"])
+def test_rendered_template_tokenizes_to_the_same_ids_in_stock_transformers(inst, step, fmt, tmp_path):
+    """The saved Jinja template, rendered and tokenized the stock way (special tokens matched), gives Meta's ids."""
+    from transformers import TokenizersBackend
+
+    from codellama_hf.tokenization import save_llama_format_tokenizer
+
+    tok, _ = inst if fmt == "inst" else step
+    save_llama_format_tokenizer(tok, tmp_path)
+    stock = TokenizersBackend.from_pretrained(tmp_path)
+    for dialog in _dialogs(40, step=fmt == "step", seed=3):
+        if any(s in m["content"] for m in dialog for s in ("<s>", "</s>", "<step>")):
+            continue
+        rendered = tok.apply_chat_template(dialog, add_generation_prompt=True, tokenize=False, allow_special_tags=True)
+        expected = tok.apply_chat_template(dialog, add_generation_prompt=True, return_dict=False,
+                                           allow_special_tags=True)
+        assert stock(rendered, add_special_tokens=False)["input_ids"] == expected
+        assert stock.apply_chat_template(dialog, add_generation_prompt=True, return_dict=False) == expected
