@@ -25,6 +25,11 @@ def _variants(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)  # the converter's warnings, e.g. what differs from the preset
+    handler.setFormatter(logging.Formatter(f"{PROG} convert: warning: %(message)s"))
+    logging.getLogger("codellama_hf").addHandler(handler)
     from codellama_hf.convert import convert_meta_checkpoint
 
     out = convert_meta_checkpoint(

@@ -1,15 +1,18 @@
 """Meta's Code Llama family as a first-class model type in Hugging Face Transformers 5."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .configuration import MODEL_TYPE, CodeLlamaConfig
+from .convert import convert_meta_checkpoint
 from .modeling import CodeLlamaForCausalLM, CodeLlamaModel
+from .tokenization import CodeLlamaTokenizer
 from .variants import PRESETS, VARIANTS, Variant, get_variant
 
 AutoConfig.register(MODEL_TYPE, CodeLlamaConfig)
 AutoModel.register(CodeLlamaConfig, CodeLlamaModel)
 AutoModelForCausalLM.register(CodeLlamaConfig, CodeLlamaForCausalLM)
+AutoTokenizer.register(CodeLlamaConfig, tokenizer_class=CodeLlamaTokenizer)
 
 __version__ = "0.1.0"
 __all__ = ["CodeLlamaConfig", "CodeLlamaModel", "CodeLlamaForCausalLM", "VARIANTS", "PRESETS", "Variant",
-           "get_variant", "MODEL_TYPE"]
+           "CodeLlamaTokenizer", "get_variant", "MODEL_TYPE", "convert_meta_checkpoint"]

@@ -90,7 +90,7 @@ def _check_shards_against_checklist(found: dict[int, Path], checklist: dict[str,
 def _read_checklist(path: Path) -> dict[str, str]:
     """`md5sum` output: '<32 hex>  <name>' per line ('*name' in binary mode, './name' from find)."""
     entries = {}
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    for n, line in enumerate(_read_text(path, errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         m = re.fullmatch(r"([0-9a-fA-F]{32}) [ *](?:\./)?(.+)", line.strip())
@@ -103,7 +103,7 @@ def _read_checklist(path: Path) -> dict[str, str]:
 
 def _read_params(path: Path) -> dict:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(_read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserInputError(f"{path} is not valid JSON ({e}); re-download it from Meta") from None
     if not isinstance(raw, dict):
@@ -124,6 +124,13 @@ def _read_params(path: Path) -> dict:
         if params[key] <= 0:
             raise UserInputError(f"{path}: {key!r} is {params[key]!r}, expected a positive integer")
     return params
+
+
+def _read_text(path: Path, **kw) -> str:
+    try:
+        return path.read_text(**kw)
+    except OSError as e:
+        raise UserInputError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def verify_checksums(folder: MetaFolder, *, on_bytes: Callable[[int], None] = lambda n: None) -> None:
