@@ -367,8 +367,8 @@ def save_llama_format_tokenizer(tokenizer: CodeLlamaTokenizer, out_dir, *, split
 
     Stock loads them as its generic `TokenizersBackend`, which keeps this tokenizer's SentencePiece-exact
     normalizer, merges, word split and decoder. Special tokens are matched in text by default there
-    (`split_special_tokens=False`), which chat templates need; see benchmarks/README-tokenizer.md for what a user
-    of this format still inherits from stock.
+    (`split_special_tokens=False`), which chat templates need; README.md ("Files for stock Transformers") says
+    what a user of this format still inherits from stock.
     """
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.backend_tokenizer.save(os.path.join(out_dir, "tokenizer.json"))

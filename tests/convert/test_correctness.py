@@ -127,6 +127,7 @@ def test_loads_through_auto_tokenizer_and_pipeline_with_the_chat_template(make_m
                                   quiet=True)
     tok = AutoTokenizer.from_pretrained(out)
     assert type(tok).__name__ == "CodeLlamaTokenizer" and tok.chat_template
+    assert tok.model_max_length == 16384  # the variant's context length
     assert "[INST]" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     generate = pipeline("text-generation", model=str(out))
     text = generate("def add(a, b):", max_new_tokens=4, do_sample=False)[0]["generated_text"]

@@ -70,6 +70,7 @@ def convert_meta_checkpoint(input_dir, output_dir, *, variant: str | None = None
     tok = hf_files.load_tokenizer(folder.path, chat_format=preset.chat_format)
     config = hf_files.build_config(preset.name, folder.params, dims, dtype_name,
                                    hf_files.tokenizer_fields(tok, dims.vocab))
+    tok.model_max_length = config.max_position_embeddings  # the variant's context, not Transformers' "unlimited"
 
     need = sum(math.prod(t.shape) for t in tensors) * torch_dtype.itemsize
     tmp = _staging_folder(out, need)
