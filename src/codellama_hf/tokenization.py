@@ -26,6 +26,7 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils import PaddingStrategy
 
 from .chat import CHAT_BUILDERS, CHAT_TEMPLATES, check_messages
+from .configuration import CodeLlamaConfig
 from .errors import UserInputError
 from .spm_model import decode_pieces, escape, has_dummy_prefix, load_backend, twin
 from .variants import CHAT_FORMATS, PRESETS
@@ -336,8 +337,6 @@ class CodeLlamaTokenizer(TokenizersBackend):
 
 def resolve_chat_format(chat_format: str | None, *, variant: str | None, folder) -> str:
     """None means: the variant's format, else the format in the folder's config.json, else "none"."""
-    from .configuration import CodeLlamaConfig  # configuration imports transformers' Llama; keep it lazy
-
     if chat_format is None and variant is not None:
         chat_format = CodeLlamaConfig.from_variant(variant).chat_format
     if chat_format is None and folder and os.path.isfile(os.path.join(str(folder), "config.json")):

@@ -18,7 +18,6 @@ from .layout import Dims
 
 logger = logging.getLogger(__name__)
 
-CONTROL_ID_FIELDS = ("prefix_token_id", "suffix_token_id", "middle_token_id", "eot_token_id", "step_token_id")
 # Fields a stock `model_type: llama` config keeps; the Code Llama facts stay out of it.
 LLAMA_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
                 "vocab_size", "max_position_embeddings", "rope_parameters", "rms_norm_eps", "bos_token_id",
@@ -40,7 +39,7 @@ def tokenizer_fields(tok, vocab_rows: int) -> dict:
     if n > vocab_rows:
         raise UserInputError(f"tokenizer.model has {n} pieces but the embedding only {vocab_rows} rows: "
                              f"tokenizer.model belongs to another model; copy the one from this download")
-    ids = {k: tok.control_token_ids.get(k) for k in CONTROL_ID_FIELDS}
+    ids = dict(tok.control_token_ids)  # keyed by CodeLlamaConfig's field names
     for name in ("bos_token_id", "eos_token_id"):
         if getattr(tok, name, None) is not None:
             ids[name] = getattr(tok, name)
