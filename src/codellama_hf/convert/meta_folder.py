@@ -20,7 +20,7 @@ CHECKLIST = "checklist.chk"
 PARAMS = "params.json"
 TOKENIZER = "tokenizer.model"
 
-# params.json key -> (accepted types, default; None = required). Meta's ModelArgs defaults where a key may be absent.
+# params.json key -> (accepted types, default). Required: a None default where None is not accepted. Meta's ModelArgs defaults where a key may be absent.
 PARAM_KEYS: dict[str, tuple[tuple[type, ...], object]] = {
     "dim": ((int,), None),
     "n_layers": ((int,), None),
@@ -32,7 +32,6 @@ PARAM_KEYS: dict[str, tuple[tuple[type, ...], object]] = {
     "rope_theta": ((int, float), 10000.0),
     "vocab_size": ((int,), -1),  # -1 or absent in Meta's files: the embedding's rows decide
 }
-_OPTIONAL = {"n_kv_heads", "multiple_of", "ffn_dim_multiplier", "norm_eps", "rope_theta", "vocab_size"}
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def _read_params(path: Path) -> dict:
     params = {}
     for key, (types, default) in PARAM_KEYS.items():
         if key not in raw:
-            if key not in _OPTIONAL:
+            if default is None and type(None) not in types:
                 raise UserInputError(f"{path} has no {key!r}; a Meta params.json holds dim, n_layers, n_heads, ...")
             params[key] = default
             continue
