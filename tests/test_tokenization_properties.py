@@ -11,7 +11,8 @@ from tests.fixtures_tokenizer import has_control_string
 # Arbitrary unicode, plus text dense in whitespace, markers and pieces that sit near control strings.
 TRICKY = list(" \t\n\r<>/[]PRESUFMIDOTstep☺é你🎉\u00a0\u200d") + ["<PRE>", "<SUF>", "<MID>", "<EOT>", "<step>", "</s>"]
 text = st.one_of(st.text(max_size=80), st.lists(st.sampled_from(TRICKY), max_size=30).map("".join))
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                         HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
