@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_tokenizer import TINY_SPM_VOCAB
+
 
 @dataclass(frozen=True)
 class MetaStructure:
@@ -37,6 +39,7 @@ STRUCTURES = {
 META_SPLIT = {"tok_embeddings": 1, "output": 0, "norm": None, "wq": 0, "wk": 0, "wv": 0, "wo": 1,
               "w1": 0, "w2": 1, "w3": 0, "attention_norm": None, "ffn_norm": None}
 CONTROL_PIECES = ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]
+TINY_VOCAB = 400  # pieces in the tokenizers train_tokenizer makes
 
 
 def structure_of(variant: str) -> MetaStructure:
@@ -139,7 +142,7 @@ def train_tokenizer(path: Path, user_symbols: list[str]) -> Path:
             "Write a function that sorts a list. The quick brown fox jumps over the lazy dog.\n")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text.splitlines() * 20), model_writer=model, vocab_size=400, model_type="bpe",
+        sentence_iterator=iter(text.splitlines() * 20), model_writer=model, vocab_size=TINY_VOCAB, model_type="bpe",
         byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=True, allow_whitespace_only_pieces=True, user_defined_symbols=user_symbols,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
@@ -167,7 +170,8 @@ def tokenizer_kind(variant: str) -> str:
 def make_meta_checkpoint(tmp_path_factory, tiny_tokenizers):
     """make_meta_checkpoint(variant, **options) -> a fresh Meta folder named after the variant.
 
-    Options: n_layers, head_dim, seed, params (overrides), tokenizer_model (a path), rope_freqs.
+    Options: n_layers, head_dim, seed, params (overrides), tokenizer_model (a path), rope_freqs, vocab (embedding
+    rows; default: the variant's).
     Built once per distinct request; tests that damage a folder copy it first (see `copy_meta`).
     """
     from codellama_hf.variants import get_variant
@@ -175,18 +179,43 @@ def make_meta_checkpoint(tmp_path_factory, tiny_tokenizers):
     cache: dict = {}
 
     def make(variant: str, *, n_layers: int = 2, head_dim: int = 8, seed: int = 0, params: dict | None = None,
-             tokenizer_model: Path | None = None, rope_freqs: bool = False) -> Path:
+             tokenizer_model: Path | None = None, rope_freqs: bool = False, vocab: int | None = None) -> Path:
         key = (variant, n_layers, head_dim, seed, json.dumps(params, sort_keys=True), str(tokenizer_model),
-               rope_freqs)
+               rope_freqs, vocab)
         if key not in cache:
             p = meta_params(variant, n_layers=n_layers, head_dim=head_dim, **(params or {}))
-            sd = meta_state_dict(p, get_variant(variant).vocab_size, seed=seed, rope_freqs=rope_freqs)
+            sd = meta_state_dict(p, vocab or get_variant(variant).vocab_size, seed=seed, rope_freqs=rope_freqs)
             folder = tmp_path_factory.mktemp("meta") / variant
             tok = tokenizer_model or tiny_tokenizers[tokenizer_kind(variant)]
             cache[key] = write_meta_folder(folder, p, shard_state_dict(sd, structure_of(variant).shards), tok)
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def converted_checkpoint(make_meta_checkpoint, tmp_path_factory, tiny_vocabs):
+    """converted_checkpoint(variant, **options) -> a converted HF folder named after the variant, cached.
+
+    Its tokenizer is one of fixtures_tokenizer's (trained on stdlib code, `☺` a piece as in Meta's vocabulary, so
+    Meta's `encode_infilling` holds), and its embedding has as many rows as that tokenizer has pieces, so every id
+    the random model generates decodes to text. Options as for make_meta_checkpoint, plus dtype (default float32).
+    """
+    from codellama_hf import convert_meta_checkpoint
+
+    cache: dict = {}
+
+    def convert(variant: str, *, dtype: str = "float32", **options) -> Path:
+        vocab = tiny_vocabs[tokenizer_kind(variant)] / "tokenizer.model"
+        options = {"n_layers": 1, "vocab": TINY_SPM_VOCAB, "tokenizer_model": vocab, **options}
+        key = (variant, dtype, json.dumps(options, sort_keys=True, default=str))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("hf") / variant
+            cache[key] = convert_meta_checkpoint(make_meta_checkpoint(variant, **options), out, dtype=dtype,
+                                                 quiet=True)
+        return cache[key]
+
+    return convert
 
 
 def copy_meta(src: Path, parent: Path) -> Path:

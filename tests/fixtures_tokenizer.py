@@ -16,6 +16,7 @@ import pytest
 
 CONTROL_STRINGS = ("<PRE>", "<SUF>", "<MID>", "<EOT>", "<step>")  # text SentencePiece may turn into control ids
 FIM_PIECES = ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]
+TINY_SPM_VOCAB = 600  # pieces in the tiny vocabularies below
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 # Whitespace, tab, newline, unicode and emoji corners, each a separate SentencePiece call.
@@ -32,7 +33,8 @@ def has_control_string(text: str) -> bool:
     return any(c in text for c in CONTROL_STRINGS)
 
 
-def train_tiny_spm(folder: Path, *, user_defined: list[str], vocab_size: int = 600, words: bool = True) -> Path:
+def train_tiny_spm(folder: Path, *, user_defined: list[str], vocab_size: int = TINY_SPM_VOCAB,
+                   words: bool = True) -> Path:
     """A Llama-style SentencePiece BPE model (identity normalization, byte fallback), trained in well under 1 s."""
     import sentencepiece as spm
 

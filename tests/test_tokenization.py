@@ -150,7 +150,8 @@ def test_save_pretrained_reloads_identically(tiny_vocabs, load_tokenizer, snippe
 
     tok, _ = load_tokenizer(tiny_vocabs["step"], chat_format="step", add_eos_token=True)
     tok.save_pretrained(tmp_path)
-    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"codellama_tokenizer.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {
+        p.name for p in tmp_path.iterdir()}
     again = CodeLlamaTokenizer.from_pretrained(tmp_path)
     assert (again.chat_format, again.add_eos_token, again.control_token_ids) == ("step", True, tok.control_token_ids)
     assert again(snippets[:20])["input_ids"] == tok(snippets[:20])["input_ids"]

@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from .configuration import MODEL_TYPE, CodeLlamaConfig
 from .convert import convert_meta_checkpoint
 from .modeling import CodeLlamaForCausalLM, CodeLlamaModel
+from .pipelines import CodeInfillingPipeline, register_pipeline
 from .tokenization import CodeLlamaTokenizer
 from .variants import PRESETS, VARIANTS, Variant, get_variant
 
@@ -12,7 +13,8 @@ AutoConfig.register(MODEL_TYPE, CodeLlamaConfig)
 AutoModel.register(CodeLlamaConfig, CodeLlamaModel)
 AutoModelForCausalLM.register(CodeLlamaConfig, CodeLlamaForCausalLM)
 AutoTokenizer.register(CodeLlamaConfig, tokenizer_class=CodeLlamaTokenizer)
+register_pipeline()  # pipeline("code-infilling")
 
 __version__ = "0.1.0"
 __all__ = ["CodeLlamaConfig", "CodeLlamaModel", "CodeLlamaForCausalLM", "VARIANTS", "PRESETS", "Variant",
-           "CodeLlamaTokenizer", "get_variant", "MODEL_TYPE", "convert_meta_checkpoint"]
+           "CodeLlamaTokenizer", "get_variant", "MODEL_TYPE", "convert_meta_checkpoint", "CodeInfillingPipeline"]

@@ -7,7 +7,8 @@ import logging
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-from .variants import CHAT_FORMATS, FIM_IDS_32016, FLAVORS, PRESETS, STEP_ID_70B_INSTRUCT, Variant, get_variant
+from .variants import (CHAT_FORMATS, FIM_IDS_32016, FLAVORS, PRESETS, STEP_ID_70B_INSTRUCT, Variant, get_variant,
+                       variant_in_name)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class CodeLlamaConfig(LlamaConfig):
         # with the facts its shapes, vocab and rope theta decide.
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         if config_dict.get("model_type") == "llama":
-            config_dict = {**config_dict, **identify(config_dict), "model_type": MODEL_TYPE}
+            facts = identify(config_dict, name=str(pretrained_model_name_or_path))
+            config_dict = {**config_dict, **facts, "model_type": MODEL_TYPE}
         return config_dict, kwargs
 
 
@@ -97,11 +99,12 @@ def _rope_theta(config_dict: dict) -> float | None:
     return float(params.get("rope_theta", config_dict.get("rope_theta", 10000.0)))
 
 
-def identify(config_dict: dict) -> dict:
+def identify(config_dict: dict, *, name: str | None = None) -> dict:
     """Code Llama facts of a stock Llama config: those on which every matching preset agrees.
 
-    Shapes, vocab and rope theta decide; where several variants share them (e.g. the three 34b),
-    the facts they disagree on, the variant name among them, stay None (unknown).
+    Shapes, vocab and rope theta decide; where several variants share them (e.g. 7b and 7b-Instruct), the
+    variant that `name` (a hub id or a folder) is named after decides among them, else the facts they
+    disagree on, the variant name among them, stay None (unknown).
     """
     theta = _rope_theta(config_dict)
     kv = config_dict.get("num_key_value_heads") or config_dict.get("num_attention_heads")
@@ -112,6 +115,12 @@ def identify(config_dict: dict) -> dict:
         logger.warning("checkpoint shapes %s with rope theta %s match no Code Llama variant; loading it "
                        "with every Code Llama fact unknown", got, theta)
         return {}
+    named = variant_in_name(name) if name else None
+    if named is not None and named.name in [m["variant"] for m in matches]:
+        matches = [m for m in matches if m["variant"] == named.name]
+    elif named is not None:
+        logger.warning("%r is named after %s, but its shapes fit other variants; ignoring the name", name,
+                       named.name)
     facts = {k: matches[0][k] for k in _FACT_FIELDS if all(m[k] == matches[0][k] for m in matches)}
     if "variant" not in facts:
         logger.info("checkpoint fits %d variants; the variant is unknown", len(matches))

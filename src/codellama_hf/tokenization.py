@@ -28,8 +28,10 @@ from transformers.utils import PaddingStrategy
 from .chat import CHAT_BUILDERS, CHAT_TEMPLATES, check_messages
 from .configuration import CodeLlamaConfig
 from .errors import UserInputError
+from .infilling import INFILLING_VARIANTS, in_text_generation_pipeline, trim_around_gap
 from .spm_model import decode_pieces, escape, has_dummy_prefix, load_backend, twin
-from .variants import CHAT_FORMATS, PRESETS
+from .tokenizer_files import GUARD_FILE, OWN_FILE, is_guard, write_guard
+from .variants import CHAT_FORMATS, PRESETS, variant_in_name
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ logger = logging.getLogger(__name__)
 CONTROL_PIECES = {"prefix_token_id": "▁<PRE>", "suffix_token_id": "▁<SUF>", "middle_token_id": "▁<MID>",
                   "eot_token_id": "▁<EOT>", "step_token_id": "<step>"}
 SMILEY = "☺"  # Meta's stand-in for "no dummy prefix here" in encode_infilling / decode_infilling
-INFILLING_VARIANTS = tuple(v.name for v in PRESETS if v.infilling)
 INSTRUCT_VARIANTS = tuple(v.name for v in PRESETS if v.chat_format != "none")
 
 
@@ -46,21 +47,28 @@ class CodeLlamaTokenizer(TokenizersBackend):
 
     Args:
         vocab_file: Meta's SentencePiece `tokenizer.model` (read without sentencepiece). Preferred when present.
-        tokenizer_file: a `tokenizer.json` written by this class (or with the same SentencePiece-exact pipeline).
+        tokenizer_file: a folder's `tokenizer.json`: this class's file before 0.2, or a hub folder's (refused unless
+            it encodes as SentencePiece does). The guard this class writes there now is skipped.
+        codellama_tokenizer_file: the `codellama_tokenizer.json` this class writes (tokenizer_files.py says why
+            not `tokenizer.json`); preferred over `tokenizer_file`.
         chat_format: "none" | "inst" | "step"; None reads it from `variant`, else from the folder's config.json
             (a CodeLlamaConfig, or a stock Llama config whose shapes decide it), else "none".
         variant: a Code Llama variant name, used only to decide `chat_format` when that is None.
         fill_marker: text that splits a prompt into prefix and suffix for infilling (a marker, never a token).
     """
 
-    vocab_files_names = {"vocab_file": "tokenizer.model", "tokenizer_file": "tokenizer.json"}
+    vocab_files_names = {"vocab_file": "tokenizer.model", "tokenizer_file": GUARD_FILE,
+                         "codellama_tokenizer_file": OWN_FILE}
     model_input_names = ["input_ids", "attention_mask"]
     padding_side = "left"  # generation pads on the left
 
-    def __init__(self, vocab_file: str | None = None, tokenizer_file: str | None = None, *,
+    def __init__(self, vocab_file: str | None = None, tokenizer_file: str | None = None,
+                 codellama_tokenizer_file: str | None = None, *,
                  chat_format: str | None = None, variant: str | None = None, fill_marker: str | None = "<FILL_ME>",
                  unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token=None,
                  add_bos_token: bool | None = None, add_eos_token: bool | None = None, **kwargs):
+        if codellama_tokenizer_file is not None or is_guard(tokenizer_file):
+            tokenizer_file = codellama_tokenizer_file
         backend = load_backend(vocab_file=vocab_file, tokenizer_file=tokenizer_file,
                                unreachable=set(CONTROL_PIECES.values()))
         bos_from_file, eos_from_file = _bos_eos_of(backend)
@@ -90,6 +98,13 @@ class CodeLlamaTokenizer(TokenizersBackend):
     @classmethod
     def convert_to_native_format(cls, trust_remote_code=False, **kwargs):
         return kwargs  # __init__ builds the backend itself, from tokenizer.model or tokenizer.json
+
+    def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        own = os.path.join(str(save_directory), prefix + OWN_FILE)
+        self.backend_tokenizer.save(own)
+        guard = write_guard(save_directory) if not prefix else None
+        return tuple(file_names) + tuple(p for p in (own, guard) if p)
 
     def _add_tokens(self, new_tokens, special_tokens=False) -> int:
         if not special_tokens and any(not getattr(t, "special", False) for t in new_tokens):
@@ -121,12 +136,18 @@ class CodeLlamaTokenizer(TokenizersBackend):
         return self._sp_encode([SMILEY + text])[0][self._smiley_prefix_len:]
 
     def infilling_prompt_ids(self, prefix: str, suffix: str, *, suffix_first: bool = False,
-                             add_special_tokens: bool = True) -> list[int]:
-        """Meta's `infilling_prompt_tokens`: PSM `<PRE> pre <SUF>suf <MID>`, or SPM `<PRE> <SUF>suf <MID> pre`."""
-        return self._prompt_ids([prefix], [suffix], suffix_first=suffix_first, add_special_tokens=add_special_tokens)[0]
+                             add_special_tokens: bool = True, max_length: int | None = None) -> list[int]:
+        """Meta's `infilling_prompt_tokens`: PSM `<PRE> pre <SUF>suf <MID>`, or SPM `<PRE> <SUF>suf <MID> pre`.
+
+        max_length: at most this many ids; a longer prompt loses the start of its prefix and the end of its
+        suffix, keeping the code nearest the gap (as llama.cpp's server does): the suffix keeps at least a quarter
+        of the room, more when the prefix needs less.
+        """
+        return self._prompt_ids([prefix], [suffix], suffix_first=suffix_first, add_special_tokens=add_special_tokens,
+                                max_length=max_length)[0]
 
     def _prompt_ids(self, prefixes: list[str], suffixes: list[str | None], *, suffix_first: bool,
-                    add_special_tokens: bool) -> list[list[int]]:
+                    add_special_tokens: bool, max_length: int | None = None) -> list[list[int]]:
         """Plain encodes where the suffix is None, else Meta's infilling prompt; one batched backend call."""
         infill = [i for i, s in enumerate(suffixes) if s is not None]
         if infill:
@@ -138,10 +159,14 @@ class CodeLlamaTokenizer(TokenizersBackend):
         for i, ids in enumerate(encoded[:len(prefixes)]):
             if i not in suffix_ids:
                 prompts.append(self._with_bos_eos(ids, add_special_tokens))
-            elif suffix_first:
-                prompts.append(bos + [pre, suf] + suffix_ids[i] + [mid] + ids)
+                continue
+            after = suffix_ids[i]
+            if max_length is not None:
+                ids, after = trim_around_gap(ids, after, room=max_length - len(bos) - 3)
+            if suffix_first:
+                prompts.append(bos + [pre, suf] + after + [mid] + ids)
             else:
-                prompts.append(bos + [pre] + ids + [suf] + suffix_ids[i] + [mid])
+                prompts.append(bos + [pre] + ids + [suf] + after + [mid])
         return prompts
 
     def _require_infilling(self) -> tuple[int, int, int]:
@@ -157,11 +182,15 @@ class CodeLlamaTokenizer(TokenizersBackend):
         if stop_at_eot:
             stops = {self._control_ids["eot_token_id"], self.eos_token_id} - {None}
             ids = next((ids[:k] for k, i in enumerate(ids) if i in stops), ids)
-        return self._decode(self._smiley_ids + ids)[len(SMILEY):]
+        return self._decode(ids, infilling=True)
 
     def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None,
-                **kwargs) -> str:
+                infilling: bool = False, **kwargs) -> str:
+        """`infilling=True` decodes a middle as Meta's decode_infilling does, keeping its leading space (what a
+        TextStreamer needs, as it calls `decode(ids, **decode_kwargs)`)."""
         ids = [token_ids] if isinstance(token_ids, int) else [int(i) for i in token_ids]
+        if infilling:
+            return self._decode(self._smiley_ids + ids, skip_special_tokens=skip_special_tokens)[len(SMILEY):]
         text = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
         # The backend differs from SentencePiece in two corners, both on ids SentencePiece never encodes to: its
         # ByteFallback turns a whole byte run holding an invalid byte into U+FFFDs (SentencePiece keeps the valid
@@ -265,6 +294,11 @@ class CodeLlamaTokenizer(TokenizersBackend):
                 raise UserInputError(f"text {i} holds {self.fill_marker!r} and suffix= is given too; use one of them")
             if marks > 1:
                 raise UserInputError(f"text {i} holds {self.fill_marker!r} {marks} times; infilling takes one gap")
+            if marks and in_text_generation_pipeline():
+                raise UserInputError(
+                    f"the prompt holds the fill marker {self.fill_marker!r}: pipeline('text-generation') would return "
+                    f"the marker followed by the middle; use pipeline('code-infilling'), which returns the completed "
+                    f"code")
             if marks:
                 t, s = t.split(self.fill_marker)
             prefixes.append(t)
@@ -336,7 +370,9 @@ class CodeLlamaTokenizer(TokenizersBackend):
 
 
 def resolve_chat_format(chat_format: str | None, *, variant: str | None, folder) -> str:
-    """None means: the variant's format, else the format in the folder's config.json, else "none"."""
+    """None means: the variant's format, else the format in the folder's config.json, else the format of the
+    variant the folder or hub id is named after (`CodeLlama-7b-Instruct`, `codellama/CodeLlama-7b-Instruct-hf`),
+    else "none"."""
     if chat_format is None and variant is not None:
         chat_format = CodeLlamaConfig.from_variant(variant).chat_format
     if chat_format is None and folder and os.path.isfile(os.path.join(str(folder), "config.json")):
@@ -345,6 +381,8 @@ def resolve_chat_format(chat_format: str | None, *, variant: str | None, folder)
             chat_format = config_dict.get("chat_format")
         except (OSError, ValueError) as err:
             logger.info("no chat format from %s/config.json (%s)", folder, err)
+    if chat_format is None and folder and (named := variant_in_name(str(folder))) is not None:
+        chat_format = named.chat_format
     chat_format = chat_format or "none"
     if chat_format not in CHAT_FORMATS:
         raise UserInputError(f"unknown chat_format {chat_format!r}; expected one of: {', '.join(CHAT_FORMATS)}")
@@ -359,30 +397,3 @@ def _bos_eos_of(backend) -> tuple[bool, bool]:
     full = backend.encode("a", add_special_tokens=True).ids
     start = full.index(plain[0]) if plain and plain[0] in full else 0
     return start > 0, len(full) - start > len(plain)
-
-
-def save_llama_format_tokenizer(tokenizer: CodeLlamaTokenizer, out_dir, *, split_special_tokens: bool = False):
-    """Write tokenizer files that stock Transformers (no codellama_hf) loads with `AutoTokenizer`.
-
-    Stock loads them as its generic `TokenizersBackend`, which keeps this tokenizer's SentencePiece-exact
-    normalizer, merges, word split and decoder. Special tokens are matched in text by default there
-    (`split_special_tokens=False`), which chat templates need; README.md ("Files for stock Transformers") says
-    what a user of this format still inherits from stock.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    tokenizer.backend_tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    config = {
-        "tokenizer_class": "TokenizersBackend",
-        "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
-        "pad_token": tokenizer.pad_token, "padding_side": tokenizer.padding_side,
-        "add_bos_token": tokenizer.add_bos_token, "add_eos_token": tokenizer.add_eos_token,
-        "clean_up_tokenization_spaces": False, "split_special_tokens": split_special_tokens,
-        "model_max_length": tokenizer.model_max_length, "chat_format": tokenizer.chat_format,
-        "extra_special_tokens": [CONTROL_PIECES[k] for k, i in tokenizer.control_token_ids.items() if i is not None],
-    }
-    if tokenizer.chat_template:
-        config["chat_template"] = tokenizer.chat_template
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    return out_dir

@@ -79,3 +79,13 @@ def get_variant(name: str) -> Variant:
     except (KeyError, TypeError):
         raise ValueError(f"unknown Code Llama variant {name!r}; expected one of: {', '.join(VARIANTS)} "
                          f"(or their hub ids, e.g. {PRESETS[0].hub_id!r})") from None
+
+
+def variant_in_name(name: str) -> Variant | None:
+    """The variant a hub id or a folder is named after, exactly (`codellama/CodeLlama-7b-Instruct-hf`,
+    `.../CodeLlama-7b-Instruct`, `.../CodeLlama-7b-Instruct-hf`), else None."""
+    base = str(name).rstrip("/").rsplit("/", 1)[-1]
+    for key in (str(name), base, base.removesuffix("-hf")):
+        if key in _BY_NAME:
+            return _BY_NAME[key]
+    return None
