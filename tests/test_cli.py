@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pytest
 
+import codellama_hf_cli
+
 CLI = str(Path(sys.executable).with_name("codellama-hf"))
+COMMANDS = sorted(next(a for a in codellama_hf_cli.build_parser()._actions if a.dest == "command").choices)
+# --help through main(), then which heavy modules it imported
+HELP = """
+import sys, codellama_hf_cli
+try:
+    codellama_hf_cli.main(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code, "imported", sorted({"torch", "transformers", "codellama_hf"} & set(sys.modules)))
+"""
 
 
 def run(*args):
@@ -22,7 +33,21 @@ def test_building_the_parser_imports_neither_torch_nor_transformers():
 def test_help_lists_the_commands():
     done = run("--help")
     assert done.returncode == 0
-    assert "convert" in done.stdout and "variants" in done.stdout
+    assert {"convert", "variants", "demo"} <= set(COMMANDS)
+    assert all(f"    {command}" in done.stdout for command in COMMANDS), done.stdout
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_shows_examples_without_importing_torch_or_transformers(command):
+    args = ["--help"] if command is None else [command, "--help"]
+    done = subprocess.run([sys.executable, "-c", HELP, *args], capture_output=True, text=True, timeout=60)
+    *text, last = done.stdout.rstrip("\n").splitlines()
+    assert last == "exit 0 imported []", done.stderr
+    examples = "\n".join(text).split("\nexamples:\n", 1)
+    assert len(examples) == 2, "\n".join(text)
+    runs = [line.strip() for line in examples[1].splitlines() if line.strip()]
+    assert runs and all(line.startswith("codellama-hf ") for line in runs)
+    assert command is None or any(line.startswith(f"codellama-hf {command}") for line in runs)
 
 
 @pytest.mark.parametrize("args", [(), ("nonsense",)])

@@ -4,6 +4,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from .configuration import MODEL_TYPE, CodeLlamaConfig
 from .convert import convert_meta_checkpoint
+from .device_maps import cpu_disk_device_map
+from .memory import estimate_memory
 from .modeling import CodeLlamaForCausalLM, CodeLlamaModel
 from .pipelines import CodeInfillingPipeline, register_pipeline
 from .tokenization import CodeLlamaTokenizer
@@ -17,4 +19,5 @@ register_pipeline()  # pipeline("code-infilling")
 
 __version__ = "0.1.0"
 __all__ = ["CodeLlamaConfig", "CodeLlamaModel", "CodeLlamaForCausalLM", "VARIANTS", "PRESETS", "Variant",
-           "CodeLlamaTokenizer", "get_variant", "MODEL_TYPE", "convert_meta_checkpoint", "CodeInfillingPipeline"]
+           "CodeLlamaTokenizer", "get_variant", "MODEL_TYPE", "convert_meta_checkpoint", "CodeInfillingPipeline",
+           "cpu_disk_device_map", "estimate_memory"]
