@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, prod
 
+from .errors import UserInputError
+
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANTIZATIONS = ("none", "8bit", "4bit")
 BNB_BLOCKSIZE = 64
@@ -49,8 +51,6 @@ def _dims(config) -> dict[str, int]:
 
 def check_choice(value, choices, what: str):
     if value not in choices:
-        from .errors import UserInputError
-
         raise UserInputError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
     return value
 
@@ -160,25 +160,18 @@ class MemoryEstimate:
 
 def _group_by_device(device_map: dict) -> dict:
     """{device: "model.embed_tokens, model.layers.0-35"}: runs of consecutive layers folded."""
-    out: dict = {}
+    runs: dict = {}  # device -> [module name, or [first layer, last layer]]
     for module, device in device_map.items():
-        out.setdefault(device, []).append(module)
-    for device, modules in out.items():
-        parts, run = [], []
-        for m in modules + [None]:
-            index = m.rsplit(".", 1)[1] if m and m.startswith("model.layers.") else None
-            if index is not None and index.isdigit() and (not run or int(index) == run[-1] + 1):
-                run.append(int(index))
-                continue
-            if run:
-                parts.append(f"model.layers.{run[0]}" + (f"-{run[-1]}" if len(run) > 1 else ""))
-                run = []
-            if index is not None and index.isdigit():
-                run = [int(index)]
-            elif m is not None:
-                parts.append(m or "the whole model")
-        out[device] = ", ".join(parts)
-    return out
+        parts = runs.setdefault(device, [])
+        head, _, index = module.rpartition(".")
+        if head != "model.layers" or not index.isdigit():
+            parts.append(module or "the whole model")
+        elif parts and isinstance(parts[-1], list) and parts[-1][1] == int(index) - 1:
+            parts[-1][1] = int(index)
+        else:
+            parts.append([int(index), int(index)])
+    return {device: ", ".join(p if isinstance(p, str) else f"model.layers.{p[0]}" + (f"-{p[1]}" if p[1] > p[0] else "")
+                              for p in parts) for device, parts in runs.items()}
 
 
 def machine_ram_bytes() -> int:
@@ -193,8 +186,6 @@ def estimate_memory(config, *, dtype: str = "bfloat16", quantization: str = "non
 
     With `max_memory` ({0: "24GiB", "cpu": "64GiB"}), also the device map `from_pretrained(device_map="auto")` makes.
     """
-    from .errors import UserInputError
-
     if isinstance(config, str):  # a preset row has every shape needed: no torch, no transformers
         from .variants import get_variant
 
