@@ -26,10 +26,19 @@ def test_save_load_round_trip_through_auto_and_direct_classes(tiny_model, tmp_pa
         again = cls.from_pretrained(tmp_path)
         assert type(again) is CodeLlamaForCausalLM and type(again.config) is CodeLlamaConfig
         assert again.config.variant == "CodeLlama-7b" and again.config.fim_token_ids["eot_token_id"] == 32010
-        assert torch.equal(logits(again), logits(tiny_model))
+        assert_same_weights(again, tiny_model)
+        torch.testing.assert_close(logits(again), logits(tiny_model))
     base = AutoModel.from_pretrained(tmp_path)
     assert type(base) is CodeLlamaModel
-    assert torch.equal(base(IDS).last_hidden_state, tiny_model.model(IDS).last_hidden_state)
+    assert_same_weights(base, tiny_model.model)
+    torch.testing.assert_close(base(IDS).last_hidden_state, tiny_model.model(IDS).last_hidden_state)
+
+
+def assert_same_weights(model, reference):
+    """A save and load keeps every bit of the weights (safetensors promises it); outputs computed from another
+    allocation on another load path are only compared to fp32 tolerance, as no kernel promises more."""
+    got, want = model.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def with_attention(cls, config, impl: str, state_dict):
@@ -121,7 +130,7 @@ def test_device_map_offload_splits_between_decoder_layers_never_inside(tmp_path)
     placed = sharded.hf_device_map
     assert placed["model.layers.0"] == "cpu" and placed["model.layers.5"] == "disk"
     assert not any(re.search(r"layers\.\d+\.", name) for name in placed)
-    assert torch.equal(logits(sharded, IDS % 256), logits(model, IDS % 256))
+    torch.testing.assert_close(logits(sharded, IDS % 256), logits(model, IDS % 256))  # offloaded: other buffers
 
 
 def test_stock_llama_folder_loads_through_the_package(tmp_path):
@@ -134,7 +143,8 @@ def test_stock_llama_folder_loads_through_the_package(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
     ours = CodeLlamaForCausalLM.from_pretrained(tmp_path)
     assert type(ours.config) is CodeLlamaConfig and ours.config.variant is None  # width and depth fit no preset
-    assert torch.equal(logits(ours), logits(stock))
+    assert_same_weights(ours, stock)
+    torch.testing.assert_close(logits(ours), logits(stock))
 
 
 def test_stock_llama_folder_with_real_shapes_identifies_the_variant(tmp_path):
