@@ -2,7 +2,8 @@
 
 It lives outside the `codellama_hf` package because importing that package registers the model with
 Transformers (seconds of torch/transformers imports); `--help` and argument errors must not pay that.
-Each command imports the library inside its handler.
+Each command imports the library inside its handler, and questions that need no model (`variants`,
+`estimate-memory NAME`) import only the torch-free `codellama_hf_core`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ PROG = "codellama-hf"
 
 
 def _variants(args: argparse.Namespace) -> int:
-    from codellama_hf.variants import PRESETS
+    from codellama_hf_core.variants import PRESETS
 
     cols = ("name", "flavor", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size", "rope_theta", "max_position_embeddings", "infilling", "chat_format")
@@ -58,15 +59,19 @@ def _estimate_memory(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from codellama_hf.memory import estimate_memory
+    target, options = args.variant, {}
+    if os.path.isdir(target) or args.max_memory is not None:  # a folder's config or a device map: torch
+        from codellama_hf.memory import estimate_memory
 
-    target = args.variant
-    if os.path.isdir(target):  # a converted folder: its own config
-        from codellama_hf import CodeLlamaConfig
+        options["max_memory"] = args.max_memory
+        if os.path.isdir(target):
+            from codellama_hf import CodeLlamaConfig
 
-        target = CodeLlamaConfig.from_pretrained(target)
+            target = CodeLlamaConfig.from_pretrained(target)
+    else:
+        from codellama_hf_core.memory import estimate_memory
     e = estimate_memory(target, dtype=args.dtype, quantization=args.quantization, context=args.context,
-                        batch=args.batch, max_memory=args.max_memory)
+                        batch=args.batch, **options)
     print(json.dumps(e.to_json(), indent=2) if args.json else e.describe())
     return 0
 
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from codellama_hf.errors import UserInputError
+    from codellama_hf_core.errors import UserInputError
 
     try:
         return args.run(args)

@@ -66,3 +66,31 @@ def test_variants_prints_the_twelve_presets():
     assert len(rows) == 12
     seventy = dict(zip(header.split("\t"), rows[-1].split("\t")))
     assert (seventy["rope_theta"], seventy["max_position_embeddings"], seventy["chat_format"]) == ("10000.0", "4096", "step")
+
+
+# A command through main(), then which heavy modules it imported; the answer itself goes to stdout before that.
+RUN = """
+import sys, codellama_hf_cli
+code = codellama_hf_cli.main(sys.argv[1:])
+print("exit", code, "imported", sorted({"torch", "transformers", "codellama_hf"} & set(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("args", [("variants",), ("estimate-memory", "CodeLlama-70b"),
+                                  ("estimate-memory", "CodeLlama-34b", "--quantization", "4bit", "--json")])
+def test_questions_that_need_no_model_import_neither_torch_nor_the_registering_package(args):
+    done = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, timeout=60)
+    *answer, last = done.stdout.rstrip("\n").splitlines()
+    assert last == "exit 0 imported []", done.stderr
+    assert answer and "Traceback" not in done.stderr
+
+
+def test_estimate_memory_of_a_name_equals_the_planning_layers_estimate():
+    import json
+
+    from codellama_hf import estimate_memory
+
+    done = run("estimate-memory", "CodeLlama-34b", "--quantization", "4bit", "--context", "4096", "--json")
+    assert done.returncode == 0, done.stderr
+    want = estimate_memory("CodeLlama-34b", quantization="4bit", context=4096).to_json()
+    assert json.loads(done.stdout) == json.loads(json.dumps(want))

@@ -14,9 +14,9 @@ import contextlib
 import itertools
 import logging
 
-from .errors import UserInputError
-from .variants import Variant, get_variant
-from .memory import DTYPE_BYTES, QUANTIZATIONS, check_choice, module_bytes
+from codellama_hf_core.errors import UserInputError
+from codellama_hf_core.memory import DTYPE_BYTES, QUANTIZATIONS, check_choice, module_bytes
+from codellama_hf_core.variants import Variant, get_variant
 
 _DEVICE_KEYS = ("cpu", "disk", "mps")
 

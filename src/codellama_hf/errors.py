@@ -1,5 +1,3 @@
-"""The one exception type for bad user input; the CLI prints it as one line and exits non-zero."""
+"""`UserInputError`: `codellama_hf_core.errors`, where it lives torch-free, so the CLI catches it without torch."""
 
-
-class UserInputError(ValueError):
-    """Bad input from the user (a folder, a file, an option). The message names the value and the fix."""
+from codellama_hf_core.errors import UserInputError  # noqa: F401
