@@ -1,7 +1,7 @@
 """The wrapper must cost nothing: CodeLlamaForCausalLM vs Transformers' LlamaForCausalLM on the same weights.
 
 Measures from_pretrained wall time and greedy-decoding tokens/s, alternating the two classes over several
-rounds and reporting medians, then prints a markdown table for the README.
+rounds and reporting medians, then prints a markdown table for docs/benchmarks.md.
 
     .venv/bin/python benchmarks/bench_modeling.py [--rounds 7] [--new-tokens 32]
 """

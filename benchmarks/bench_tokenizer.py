@@ -1,4 +1,4 @@
-"""Tokenizer benchmark: encode throughput and exactness on real code; prints markdown tables for the README.
+"""Tokenizer benchmark: encode throughput and exactness on real code; prints markdown tables for docs/benchmarks.md.
 
     .venv/bin/python benchmarks/bench_tokenizer.py [--model PATH/tokenizer.model] [--megabytes 10] [--snippets 1000]
 

@@ -43,7 +43,7 @@ def save_llama_format_tokenizer(tokenizer, out_dir, *, split_special_tokens: boo
 
     Stock loads them as its generic `TokenizersBackend`, which keeps this tokenizer's SentencePiece-exact
     normalizer, merges, word split and decoder. Special tokens are matched in text by default there
-    (`split_special_tokens=False`), which chat templates need; README.md ("Files for stock Transformers") says
+    (`split_special_tokens=False`), which chat templates need; docs/tokenizer.md ("Files for stock Transformers") says
     what a user of this format still inherits from stock.
     """
     from .tokenization import CONTROL_PIECES
