@@ -108,7 +108,7 @@ def test_rendered_template_tokenizes_to_the_same_ids_in_stock_transformers(inst,
     """The saved Jinja template, rendered and tokenized the stock way (special tokens matched), gives Meta's ids."""
     from transformers import TokenizersBackend
 
-    from codellama_hf.tokenizer_files import save_llama_format_tokenizer
+    from codellama_hf.tokenization import save_llama_format_tokenizer
 
     tok, _ = inst if fmt == "inst" else step
     save_llama_format_tokenizer(tok, tmp_path)

@@ -74,7 +74,7 @@ def test_sentencepiece_makes_control_ids_from_text_and_we_do_not(real_vocabs, lo
 def test_llama_format_loads_in_stock_transformers(real_vocabs, load_tokenizer, snippets, tmp_path):
     """save_llama_format_tokenizer: a process that never imports codellama_hf gets the same ids."""
     from codellama_hf import CodeLlamaConfig
-    from codellama_hf.tokenizer_files import save_llama_format_tokenizer
+    from codellama_hf.tokenization import save_llama_format_tokenizer
 
     tok, _ = load_tokenizer(real_vocabs["codellama-70b-instruct"], variant="CodeLlama-70b-Instruct")
     out = tmp_path / "stock"

@@ -101,7 +101,7 @@ def write_tokenizer(tok, meta_dir: Path, out: Path, *, format: str) -> None:
     if format == "codellama":
         tok.save_pretrained(str(out))
     else:
-        from ..tokenizer_files import save_llama_format_tokenizer
+        from ..tokenization import save_llama_format_tokenizer
 
         save_llama_format_tokenizer(tok, out)
     shutil.copyfile(meta_dir / "tokenizer.model", out / "tokenizer.model")  # Meta's exact bytes, for other tools

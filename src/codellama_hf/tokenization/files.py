@@ -12,11 +12,22 @@ from __future__ import annotations
 import json
 import os
 
-OWN_FILE = "codellama_tokenizer.json"
-GUARD_FILE = "tokenizer.json"
+from .constants import CONTROL_PIECES, GUARD_FILE, OWN_FILE
+
 GUARD_MESSAGE = ("codellama_hf: this tokenizer is codellama_hf.CodeLlamaTokenizer; run `import codellama_hf` before "
                  "AutoTokenizer.from_pretrained (stock Transformers' CodeLlamaTokenizer gives other ids), or convert "
                  "with `codellama-hf convert --format llama` for files stock Transformers reads")
+
+
+class FilesMixin:
+    """Saving a CodeLlamaTokenizer: its own pipeline file, plus the guard where stock Transformers looks first."""
+
+    def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        own = os.path.join(str(save_directory), prefix + OWN_FILE)
+        self.backend_tokenizer.save(own)
+        guard = write_guard(save_directory) if not prefix else None
+        return tuple(file_names) + tuple(p for p in (own, guard) if p)
 
 
 def write_guard(folder) -> str:
@@ -46,8 +57,6 @@ def save_llama_format_tokenizer(tokenizer, out_dir, *, split_special_tokens: boo
     (`split_special_tokens=False`), which chat templates need; docs/tokenizer.md ("Files for stock Transformers") says
     what a user of this format still inherits from stock.
     """
-    from .tokenization import CONTROL_PIECES
-
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.backend_tokenizer.save(os.path.join(out_dir, GUARD_FILE))
     config = {

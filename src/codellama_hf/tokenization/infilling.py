@@ -1,0 +1,94 @@
+"""Meta's infilling prompts (PSM and SPM) and the decoding of a generated middle, on the tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import UserInputError
+from ..infilling import INFILLING_VARIANTS, in_text_generation_pipeline, trim_around_gap
+from .constants import SMILEY
+
+
+class InfillingMixin:
+    """`encode_infilling`, `infilling_prompt_ids`, `decode_infilling`, and the prefix/suffix split behind `suffix=`
+    and the fill marker.
+
+    Uses the ids CodeLlamaTokenizer.__init__ finds (`_control_ids`, `_smiley_prefix_len`) and EncodingMixin's
+    `_sp_encode`, `_with_bos_eos` and `_decode`.
+    """
+
+    def encode_infilling(self, text: str) -> list[int]:
+        """Meta's `encode_infilling`: `text` without the implicit leading space (`encode("☺" + text)[2:]`)."""
+        return self._sp_encode([SMILEY + text])[0][self._smiley_prefix_len:]
+
+    def infilling_prompt_ids(self, prefix: str, suffix: str, *, suffix_first: bool = False,
+                             add_special_tokens: bool = True, max_length: int | None = None) -> list[int]:
+        """Meta's `infilling_prompt_tokens`: PSM `<PRE> pre <SUF>suf <MID>`, or SPM `<PRE> <SUF>suf <MID> pre`.
+
+        max_length: at most this many ids; a longer prompt loses the start of its prefix and the end of its
+        suffix, keeping the code nearest the gap (as llama.cpp's server does): the suffix keeps at least a quarter
+        of the room, more when the prefix needs less.
+        """
+        return self._prompt_ids([prefix], [suffix], suffix_first=suffix_first, add_special_tokens=add_special_tokens,
+                                max_length=max_length)[0]
+
+    def _prompt_ids(self, prefixes: list[str], suffixes: list[str | None], *, suffix_first: bool,
+                    add_special_tokens: bool, max_length: int | None = None) -> list[list[int]]:
+        """Plain encodes where the suffix is None, else Meta's infilling prompt; one batched backend call."""
+        infill = [i for i, s in enumerate(suffixes) if s is not None]
+        if infill:
+            pre, suf, mid = self._require_infilling()
+        encoded = self._sp_encode(prefixes + [SMILEY + suffixes[i] for i in infill])
+        suffix_ids = {i: ids[self._smiley_prefix_len:] for i, ids in zip(infill, encoded[len(prefixes):])}
+        bos = [self.bos_token_id] if add_special_tokens and self.add_bos_token else []
+        prompts = []
+        for i, ids in enumerate(encoded[:len(prefixes)]):
+            if i not in suffix_ids:
+                prompts.append(self._with_bos_eos(ids, add_special_tokens))
+                continue
+            after = suffix_ids[i]
+            if max_length is not None:
+                ids, after = trim_around_gap(ids, after, room=max_length - len(bos) - 3)
+            if suffix_first:
+                prompts.append(bos + [pre, suf] + after + [mid] + ids)
+            else:
+                prompts.append(bos + [pre] + ids + [suf] + after + [mid])
+        return prompts
+
+    def _require_infilling(self) -> tuple[int, int, int]:
+        ids = [self._control_ids[k] for k in ("prefix_token_id", "suffix_token_id", "middle_token_id")]
+        if None in ids:
+            raise UserInputError(f"this vocabulary ({self.vocab_size} pieces) has no infilling pieces; infilling "
+                                 f"works with the variants trained for it: {', '.join(INFILLING_VARIANTS)}")
+        return tuple(ids)
+
+    def decode_infilling(self, token_ids: Sequence[int], *, stop_at_eot: bool = True) -> str:
+        """Meta's `decode_infilling`: the generated middle, cut at EOT/EOS, with no space lost or added at its start."""
+        ids = [int(i) for i in token_ids]
+        if stop_at_eot:
+            stops = {self._control_ids["eot_token_id"], self.eos_token_id} - {None}
+            ids = next((ids[:k] for k, i in enumerate(ids) if i in stops), ids)
+        return self._decode(ids, infilling=True)
+
+    def _split_infilling(self, texts: list[str], suffix, *, batched: bool):
+        """Per text: (prefix, suffix or None), from `suffix=` or from the fill marker in the text."""
+        suffixes = list(suffix) if batched and isinstance(suffix, (list, tuple)) else [suffix] * len(texts)
+        if len(suffixes) != len(texts):
+            raise UserInputError(f"got {len(texts)} texts but {len(suffixes)} suffixes; pass one suffix per text")
+        prefixes = []
+        for i, (t, s) in enumerate(zip(texts, suffixes)):
+            marks = t.count(self.fill_marker) if self.fill_marker else 0
+            if marks and s is not None:
+                raise UserInputError(f"text {i} holds {self.fill_marker!r} and suffix= is given too; use one of them")
+            if marks > 1:
+                raise UserInputError(f"text {i} holds {self.fill_marker!r} {marks} times; infilling takes one gap")
+            if marks and in_text_generation_pipeline():
+                raise UserInputError(
+                    f"the prompt holds the fill marker {self.fill_marker!r}: pipeline('text-generation') would return "
+                    f"the marker followed by the middle; use pipeline('code-infilling'), which returns the completed "
+                    f"code")
+            if marks:
+                t, s = t.split(self.fill_marker)
+            prefixes.append(t)
+            suffixes[i] = s
+        return prefixes, suffixes
