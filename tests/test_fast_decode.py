@@ -233,14 +233,20 @@ def test_cache_lengths_come_in_power_of_two_buckets(fill, meta):
     for new in (3, 40, 100, 150, 300, 460):
         fill(CODE, max_new_tokens=new, logits_processor=LogitsProcessorList([EndAfter(2, meta.eot_id)]), fast=True)
     prompt = len(fill.tokenizer.infilling_prompt_ids(PREFIX, SUFFIX))
-    assert sorted(cache_pool(model).keys()) == sorted({(1, cache_bucket(prompt + n)) for n in (3, 40, 100, 150, 300,
-                                                                                               460)})
+    buckets = sorted({(1, cache_bucket(prompt + n)) for n in (3, 40, 100, 150, 300, 460)})
+    assert sorted(cache_pool(model).keys()) == buckets == [(1, 256), (1, 512)]
+    past = {"max_new_tokens": 17000, "min_new_tokens": 4}  # past the trained context: the stock loop, no cache kept
+    assert fill(CODE, **past, fast=True, logits_processor=LogitsProcessorList([EndAfter(4, meta.eot_id)])) == \
+        fill(CODE, **past, fast=False, logits_processor=LogitsProcessorList([EndAfter(4, meta.eot_id)]))
+    assert sorted(cache_pool(model).keys()) == buckets
 
 
 def test_warm_up_refuses_bad_shapes(fill):
     with pytest.raises(UserInputError, match=r"batch_sizes=\(0,\) must be a non-empty list of positive ints"):
         warm_up(fill.model, batch_sizes=(0,), fast=True)
     assert warm_up(fill.model, fast=False) == 0.0
+    with pytest.raises(UserInputError, match=r"warmup='yes': pass True, or a dict of warm_up's keyword arguments"):
+        fill._warm_up_if_asked("yes", True)
 
 
 # ----- compiles ----------------------------------------------------------------------------------------------------
@@ -303,6 +309,20 @@ def test_warm_up_pays_every_compile_before_the_first_request(folder, meta):
     assert len(graphs) == warmed
 
 
+def test_a_failed_compile_decodes_eagerly_with_one_log_line(folder, caplog):
+    def broken(graph, example_inputs):
+        raise NotImplementedError("no such backend here")
+
+    pipe = pipeline("code-infilling", model=str(folder))
+    config = CompileConfig(backend=broken, fullgraph=True, mode=None)
+    with caplog.at_level(logging.WARNING, logger="codellama_hf"):
+        first = pipe(CODE, max_new_tokens=5, min_new_tokens=5, fast=True, compile_config=config)
+        assert pipe(CODE, max_new_tokens=5, min_new_tokens=5, fast=True, compile_config=config) == first
+    assert first == pipe(CODE, max_new_tokens=5, min_new_tokens=5, fast=False)
+    lines = [r.getMessage() for r in caplog.records if "compiling the decode step failed" in r.getMessage()]
+    assert len(lines) == 1 and "no such backend here" in lines[0]
+
+
 # ----- quantized models --------------------------------------------------------------------------------------------
 
 def test_a_4bit_model_falls_back_to_eager_with_one_log_line(folder, caplog):
@@ -319,11 +339,30 @@ def test_a_4bit_model_falls_back_to_eager_with_one_log_line(folder, caplog):
                      "compiled (Transformers marks Bnb4BitHfQuantizer not compileable)"]
 
 
-# ----- CUDA: the compiled path ---------------------------------------------------------------------------------------
+# ----- CUDA: the compiled path -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def cuda_fill(folder):
-    return pipeline("code-infilling", model=str(folder), device="cuda", dtype=torch.float32)
+    """fp32 on CUDA, warmed up for batches up to 4: the compiles these tests pay, once."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    pipe = pipeline("code-infilling", model=str(folder), device="cuda", dtype=torch.float32, batch_size=4,
+                    warmup={"max_lengths": (600,)})
+    pipe.graphs_warmed = counters["stats"]["unique_graphs"]
+    pipe.graphs_compiled_by_warm_up = pipe.graphs_warmed - before
+    return pipe
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_warm_up_compiles_everything_before_the_first_request(cuda_fill, meta):
+    from torch._dynamo.utils import counters
+
+    assert 1 <= cuda_fill.graphs_compiled_by_warm_up <= 3
+    assert run_varied(cuda_fill, None, meta) == run_varied_eager(cuda_fill, meta)
+    assert counters["stats"]["unique_graphs"] == cuda_fill.graphs_warmed
 
 
 @pytest.mark.gpu
@@ -337,12 +376,13 @@ def test_cuda_compiled_infilling_gives_eager_greedy_tokens(cuda_fill, monkeypatc
     assert cuda_fill(GAPS, max_new_tokens=20, batch_size=3) == cuda_fill(GAPS, max_new_tokens=20, batch_size=3,
                                                                          fast=False)
     assert spy.fast() == [False, True] * 3 + [True, True, False, False]
-    assert all(kw["codellama_plan"].forward is not None for kw in spy.calls if "codellama_plan" in kw)
+    plans = [kw["codellama_plan"] for kw in spy.calls if "codellama_plan" in kw]
+    assert all(p.forward is not None and p.lag == 1 for p in plans)  # compiled, stop read a step late
 
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_streaming_and_stops_on_the_compiled_path(cuda_fill, meta):
+def test_cuda_streaming_on_the_compiled_path_joins_to_the_infill(cuda_fill, meta):
     middle = " if not s:\n        return s"
     streamer = TextIteratorStreamer(cuda_fill.tokenizer)
     result = {}
@@ -357,20 +397,6 @@ def test_cuda_streaming_and_stops_on_the_compiled_path(cuda_fill, meta):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_warm_up_then_no_compile_across_shapes(folder, meta):
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    pipe = pipeline("code-infilling", model=str(folder), device="cuda", dtype=torch.float32, batch_size=4,
-                    warmup={"max_lengths": (600,)})
-    warmed = counters["stats"]["unique_graphs"]
-    assert warmed >= 1
-    run_varied(pipe, None, meta)
-    assert counters["stats"]["unique_graphs"] == warmed
-
-
-@pytest.mark.gpu
-@needs_cuda
 def test_cuda_4bit_model_falls_back_with_one_log_line(folder, caplog):
     pytest.importorskip("bitsandbytes")
     from transformers import BitsAndBytesConfig
@@ -380,17 +406,3 @@ def test_cuda_4bit_model_falls_back_with_one_log_line(folder, caplog):
     with caplog.at_level(logging.WARNING, logger="codellama_hf"):
         assert pipe(CODE, max_new_tokens=6) == pipe(CODE, max_new_tokens=6)
     assert sum("fast path off for this model" in r.getMessage() for r in caplog.records) == 1
-
-
-def test_a_failed_compile_decodes_eagerly_with_one_log_line(folder, caplog):
-    def broken(graph, example_inputs):
-        raise NotImplementedError("no such backend here")
-
-    pipe = pipeline("code-infilling", model=str(folder))
-    config = CompileConfig(backend=broken, fullgraph=True, mode=None)
-    with caplog.at_level(logging.WARNING, logger="codellama_hf"):
-        first = pipe(CODE, max_new_tokens=5, min_new_tokens=5, fast=True, compile_config=config)
-        assert pipe(CODE, max_new_tokens=5, min_new_tokens=5, fast=True, compile_config=config) == first
-    assert first == pipe(CODE, max_new_tokens=5, min_new_tokens=5, fast=False)
-    lines = [r.getMessage() for r in caplog.records if "compiling the decode step failed" in r.getMessage()]
-    assert len(lines) == 1 and "no such backend here" in lines[0]

@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 # What `generate` hands a decoder-only decoding method besides the ids; anything else goes to the stock loop.
 HANDLED_MODEL_KWARGS = frozenset({"attention_mask", "position_ids", "cache", "use_cache", "logits_to_keep"})
 POOL_SIZE = 4  # static caches kept per model; bucket sizes are powers of two, so 4 span a 1:8 range of lengths
-
-
 MIN_BUCKET, MAX_BUCKET = 256, 16384  # cache lengths; longer requests (past the trained context) take the stock loop
 
 
@@ -124,24 +122,41 @@ def _decode(model, input_ids, model_kwargs, cache, cache_length, logits_processo
             break
         inputs = dict(input_ids=tokens[:, None], position_ids=positions, attention_mask=mask, cache=cache,
                       use_cache=True)
-        try:
-            logits = forward(**inputs).logits[:, -1].to(copy=True, dtype=torch.float32)
-        except Exception as error:
-            if forward is model.__call__ or not is_compile_error(error):
-                raise
-            # dynamo traces on fake tensors, so a failed compile has not touched the cache: retry this step eagerly
-            cause = getattr(error, "inner_exception", None) or error.__cause__ or error
-            logger.warning("compiling the decode step failed, so this model decodes eagerly from now on: %s: %s",
-                           type(cause).__name__, (str(cause).strip().splitlines() or [""])[0])
-            model.__dict__["_codellama_compile_failed"] = True
-            forward = model.__call__
-            logits = forward(**inputs).logits[:, -1].to(copy=True, dtype=torch.float32)
+        logits, forward = decode_step(model, forward, inputs)
         positions = positions + 1
     return ids[:, :stop.finish(length)].contiguous()
 
 
-def is_compile_error(error: Exception) -> bool:
-    return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
+def decode_step(model, forward, inputs: dict):
+    """The next-token logits (float32, copied out of the CUDA graph's buffer before its next replay), and the forward
+    to use from now on: the model's own if compiling failed."""
+    try:
+        return forward(**inputs).logits[:, -1].to(copy=True, dtype=torch.float32), forward
+    except COMPILE_ERRORS as error:
+        if forward is model.__call__:
+            raise
+        # dynamo traces on fake tensors, so a failed compile has not touched the cache: retry this step eagerly
+        cause = getattr(error, "inner_exception", None) or error.__cause__ or error
+        logger.warning("compiling the decode step failed, so this model decodes eagerly from now on: %s: %s",
+                       type(cause).__name__, (str(cause).strip().splitlines() or [""])[0])
+        model.__dict__["_codellama_compile_failed"] = True
+        return model.__call__(**inputs).logits[:, -1].to(copy=True, dtype=torch.float32), model.__call__
+
+
+def _compile_errors() -> tuple[type, ...]:
+    """What torch raises when it cannot compile (tracing or backend), not when a compiled step fails to run."""
+    from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError, Unsupported
+
+    found = [BackendCompilerFailed, TorchRuntimeError, Unsupported]
+    try:
+        from torch._inductor.exc import InductorError  # torch >= 2.7 raises it for inductor's own failures
+        found.append(InductorError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+COMPILE_ERRORS = _compile_errors()
 
 
 class StopWatch:

@@ -56,8 +56,8 @@ def with_fast_path(model, generate_kwargs: dict, *, fast: bool | None, default: 
     config = kwargs.get("generation_config") or model.generation_config
     disabled = kwargs.get("disable_compile", config.disable_compile)
     failed = model.__dict__.get("_codellama_compile_failed", False)  # logged once, when it failed
-    forward = compiled_forward(model, compile_config) if compile_config is not None and not (disabled or failed) \
-        else None
+    compiling = compile_config is not None and not (disabled or failed)
+    forward = compiled_forward(model, compile_config) if compiling else None
     kwargs["codellama_plan"] = DecodePlan(forward=forward, lag=1 if model.device.type == "cuda" else 0)
     kwargs["codellama_streamer"] = kwargs.pop("streamer", None)
     kwargs["custom_generate"] = fast_sample
@@ -69,14 +69,18 @@ def model_cannot_compile(model) -> str | None:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None and not quantizer.is_compileable:
         config = quantizer.quantization_config
-        bits = "4-bit" if getattr(config, "load_in_4bit", False) else "8-bit" if getattr(config, "load_in_8bit",
-                                                                                          False) else ""
         method = getattr(config, "quant_method", "quantized")
-        return (f"its {str(getattr(method, 'value', method))} {bits} weights cannot be compiled (Transformers marks "
-                f"{type(quantizer).__name__} not compileable)").replace("  ", " ")
+        kind = [str(getattr(method, "value", method))] + [bits for bits, flag in (("4-bit", "load_in_4bit"),
+                                                                                  ("8-bit", "load_in_8bit"))
+                                                          if getattr(config, flag, False)]
+        return (f"its {' '.join(kind)} weights cannot be compiled (Transformers marks {type(quantizer).__name__} "
+                f"not compileable)")
     placed = set(getattr(model, "hf_device_map", {}).values())
     if "disk" in placed or ("cpu" in placed and len(placed) > 1):
         return f"layers are offloaded ({', '.join(sorted(map(str, placed)))}), which torch.compile does not support"
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in ("sdpa", "eager"):  # the decode step's full-length mask suits these two mask builders only
+        return f"its attention implementation {attention!r} is not one the fast path runs (sdpa or eager)"
     if not hasattr(model, "_prefill"):
         return "this Transformers has no GenerationMixin._prefill (the fast path needs Transformers 5.24 or later)"
     return None
