@@ -44,12 +44,16 @@ class Recorder(BaseStreamer):
 
 
 class GenerateSpy:
+    """Every generate call's keyword arguments and its output ids, on a pipeline's model."""
+
     def __init__(self, model, monkeypatch):
-        self.calls, real = [], model.generate
+        self.calls, self.outputs, real = [], [], model.generate
 
         def generate(*args, **kwargs):
             self.calls.append(kwargs)
-            return real(*args, **kwargs)
+            out = real(*args, **kwargs)
+            self.outputs.append(out.tolist())
+            return out
 
         monkeypatch.setattr(model, "generate", generate)
 
@@ -97,12 +101,15 @@ def force_stop(meta, text: str, prefix=PREFIX, suffix=SUFFIX):
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
 def test_infilling_on_the_fast_path_gives_eager_greedy_tokens(fill, meta, monkeypatch, suffix_first):
     spy = GenerateSpy(fill.model, monkeypatch)
-    for new in (1, 9, 60):  # 60 crosses no bucket; min_new_tokens keeps a random model from stopping at once
+    for new in (1, 9, 60):  # min_new_tokens keeps a random model from stopping at once
         eager = fill(CODE, suffix_first=suffix_first, max_new_tokens=new, min_new_tokens=new, fast=False)
         assert fill(CODE, suffix_first=suffix_first, max_new_tokens=new, min_new_tokens=new, fast=True) == eager
+        assert spy.outputs[-1] == spy.outputs[-2] and len(spy.outputs[-1][0]) - len(spy.calls[-1]["input_ids"][0]) \
+            == new  # the ids themselves, not only their text
     stop = force_stop(meta, " return s") if not suffix_first else None
     if stop is not None:  # a stop mid-way: nothing after EOT, the ids trimmed where the stock loop trims them
         assert fill(CODE, max_new_tokens=40, logits_processor=stop, fast=True)["infill"] == " return s"
+        assert spy.outputs[-1][0][-1] == meta.eot_id
     assert spy.fast() == [False, True] * 3 + ([True] if stop is not None else [])
 
 
@@ -113,6 +120,7 @@ def test_batches_on_the_fast_path_give_the_one_at_a_time_eager_tokens(fill, monk
     assert spy.fast() == [True, True] and spy.calls[0]["attention_mask"].min() == 0  # left padding in the batch
     assert fill(GAPS, max_new_tokens=25, batch_size=4, fast=True) == fill(GAPS, max_new_tokens=25, batch_size=4,
                                                                            fast=False)  # rows stop at their EOT/EOS
+    assert spy.outputs[-2] == spy.outputs[-1]
 
 
 @pytest.mark.parametrize("variant", ["CodeLlama-7b", "CodeLlama-7b-Instruct"])
