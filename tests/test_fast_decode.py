@@ -268,7 +268,8 @@ def counting_backend():
         graphs.append(graph)
         return graph.forward
 
-    return graphs, CompileConfig(backend=backend, fullgraph=True, mode=None)  # mode is inductor's
+    # as DEFAULT_COMPILE_CONFIG but for the backend; mode is inductor's
+    return graphs, CompileConfig(backend=backend, fullgraph=True, dynamic=True, mode=None)
 
 
 VARIED = [  # (gaps, max_new_tokens): prompt lengths, buckets and batch sizes all change
@@ -291,7 +292,7 @@ def test_compiles_are_bounded_across_prompts_lengths_and_batches(folder, meta):
     graphs, config = counting_backend()
     pipe = pipeline("code-infilling", model=str(folder))
     got = run_varied(pipe, config, meta)
-    assert 1 <= len(graphs) <= 3, len(graphs)  # batch 1 at one bucket, batch 1 at any, any batch at any
+    assert 1 <= len(graphs) <= 2, len(graphs)  # batch 1 at any cache length, and any batch at any length
     first = len(graphs)
     assert run_varied(pipe, config, meta) == got and len(graphs) == first
     assert got == run_varied_eager(pipe, meta)
@@ -368,7 +369,7 @@ def cuda_fill(folder):
 def test_cuda_warm_up_compiles_everything_before_the_first_request(cuda_fill, meta):
     from torch._dynamo.utils import counters
 
-    assert 1 <= cuda_fill.graphs_compiled_by_warm_up <= 3
+    assert 1 <= cuda_fill.graphs_compiled_by_warm_up <= 2
     assert run_varied(cuda_fill, None, meta) == run_varied_eager(cuda_fill, meta)
     assert counters["stats"]["unique_graphs"] == cuda_fill.graphs_warmed
 

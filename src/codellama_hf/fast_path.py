@@ -22,10 +22,12 @@ from .fast_decode import MIN_BUCKET, DecodePlan, cache_bucket, fast_sample
 
 logger = logging.getLogger(__name__)
 
-# CUDA graphs ("reduce-overhead") over one graph for the whole forward. Dynamo makes the cache length, then the batch
-# size, dynamic the first time each changes, so a process compiles at most three graphs per model: batch 1 at its
-# first bucket, batch 1 at any bucket, any batch at any bucket. Buckets then only bound the CUDA graphs recorded.
-DEFAULT_COMPILE_CONFIG = CompileConfig(fullgraph=True, mode="reduce-overhead")
+# CUDA graphs ("reduce-overhead") over one graph for the whole forward, with dynamic shapes: the cache length is
+# symbolic from the first compile, so a process compiles one graph per model for batch 1 (size 1 is always
+# specialised) and one more for larger batches, whatever the prompts and `max_new_tokens`; the buckets then bound only
+# the CUDA graphs recorded. (With `dynamic=None`, Transformers' default, dynamo first specialises the length too,
+# which costs one more compile.)
+DEFAULT_COMPILE_CONFIG = CompileConfig(fullgraph=True, dynamic=True, mode="reduce-overhead")
 GENERATION_FIELDS = frozenset(k for k in vars(GenerationConfig()) if not k.startswith("_"))
 # generate's own parameters and the model inputs the loop handles; any other keyword is a model input for stock generate
 LOOP_KWARGS = frozenset({"input_ids", "attention_mask", "position_ids", "logits_processor", "stopping_criteria",
@@ -127,10 +129,10 @@ def warm_up(model, *, batch_sizes=(1,), max_lengths=(2048,), compile_config: Com
             fast: bool | None = None) -> float:
     """Compile the fast path's decode step for `model` and record its CUDA graphs, before the first request.
 
-    `batch_sizes` and `max_lengths` (prompt + new tokens) name the shapes to come; each also runs at the two
-    smallest cache buckets (and batch 2 where a batch over 1 is named) first, so that the compiled graph is already
-    general in the cache length and batch size and later shapes never compile. A few tokens per shape; returns the
-    seconds it took. A model or device the fast path does not take is left alone (0.0). `fast` and `compile_config`
+    `batch_sizes` and `max_lengths` (prompt + new tokens) name the shapes to come. Batch 1 at the two smallest cache
+    buckets, and batch 2 where a larger batch is named, run first, so that the graphs are general in the cache length
+    and batch size (also under a `compile_config` with `dynamic=None`) and later shapes never compile; the shapes
+    named then record their CUDA graphs. 5 tokens per shape; returns the seconds it took. A model or device the fast path does not take is left alone (0.0). `fast` and `compile_config`
     as for the pipelines (None: on for CUDA).
     """
     for name, values in (("batch_sizes", batch_sizes), ("max_lengths", max_lengths)):
