@@ -1,7 +1,8 @@
 """`pipeline("code-infilling")`: code with a gap in, the completed code out.
 
 Orchestration only: the prompt ids come from CodeLlamaTokenizer (Meta's `infilling_prompt_tokens`), the middle is
-decoded by its `decode_infilling`, and the infilling ids and flags come from CodeLlamaConfig.
+decoded by its `decode_infilling`, the infilling ids and flags come from CodeLlamaConfig, and decoding on CUDA takes
+the fast path (`fast_path.py`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration import CodeLlamaConfig, identify
 from .errors import UserInputError
+from .fast_path import FastPathPipeline
 from .infilling import INFILLING_VARIANTS
+from .text_generation import install_text_generation
 from .variants import FIM_IDS_32016
 
 TASK = "code-infilling"
 DEFAULT_BATCH_SIZE = 8  # a list runs in batches unless the caller picks batch_size
 
 
-class CodeInfillingPipeline(Pipeline):
+class CodeInfillingPipeline(FastPathPipeline, Pipeline):
     """Fill the gap in code with Code Llama, as Meta's `example_infilling.py` does (greedy, 128 new tokens).
 
     Inputs: a string with exactly one fill marker (`<FILL_ME>`, the tokenizer's `fill_marker`), a dict
@@ -35,6 +38,9 @@ class CodeInfillingPipeline(Pipeline):
 
     Returns, per input: `{"infill": middle, "generated_text": prefix + middle + suffix}`. Generation stops at EOT or
     EOS, and neither is in the text.
+
+    Fast path (docs/pipelines.md#fast-path): on by default on CUDA, `fast=False` (at construction or per call) opts
+    out, `fast=True` asks for it elsewhere; `warmup=True` at construction compiles before the first request.
     """
 
     _load_tokenizer = True
@@ -44,7 +50,7 @@ class CodeInfillingPipeline(Pipeline):
     _pipeline_calls_generate = True
     _default_generation_config = GenerationConfig(max_new_tokens=128, do_sample=False)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, warmup=False, **kwargs):
         super().__init__(*args, **kwargs)
         if self._batch_size is None:
             self._batch_size = DEFAULT_BATCH_SIZE
@@ -63,8 +69,9 @@ class CodeInfillingPipeline(Pipeline):
             warnings.warn(f"{name} has infilling tokens but was not trained for infilling, so expect poor middles; "
                           f"the variants trained for it are: {', '.join(INFILLING_VARIANTS)}", stacklevel=2)
         self._stop_ids = [config.eos_token_id, fim["eot_token_id"]]
+        self._warm_up_if_asked(warmup, kwargs.get("fast"))
 
-    def _sanitize_parameters(self, suffix_first=None, max_prompt_tokens=None, return_full_text=None,
+    def _sanitize_parameters(self, suffix_first=None, max_prompt_tokens=None, return_full_text=None, fast=None,
                              **generate_kwargs):
         preprocess = {k: v for k, v in {"suffix_first": suffix_first, "max_prompt_tokens": max_prompt_tokens}.items()
                       if v is not None}
@@ -72,6 +79,14 @@ class CodeInfillingPipeline(Pipeline):
         if isinstance(streamer := generate_kwargs.get("streamer"), TextStreamer):
             streamer.skip_prompt = True
             streamer.decode_kwargs = {**streamer.decode_kwargs, "skip_special_tokens": True, "infilling": True}
+        if fast is not None:
+            generate_kwargs["fast"] = fast
+        # as TextGenerationPipeline does: an assistant passed at construction assists every call
+        if getattr(self, "assistant_model", None) is not None:
+            generate_kwargs.setdefault("assistant_model", self.assistant_model)
+        if getattr(self, "assistant_tokenizer", None) is not None:
+            generate_kwargs.setdefault("tokenizer", self.tokenizer)
+            generate_kwargs.setdefault("assistant_tokenizer", self.assistant_tokenizer)
         return preprocess, generate_kwargs, postprocess
 
     def preprocess(self, inputs, suffix_first: bool = False, max_prompt_tokens: int | None = None):
@@ -130,3 +145,4 @@ def code_llama_facts(config) -> CodeLlamaConfig:
 def register_pipeline() -> None:
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=CodeInfillingPipeline, pt_model=AutoModelForCausalLM,
                                         type="text")
+    install_text_generation()
