@@ -82,6 +82,9 @@ class CodeLlamaTokenizer(EncodingMixin, InfillingMixin, ChatMixin, FilesMixin, T
             add_eos_token=eos_from_file if add_eos_token is None else add_eos_token,
             extra_special_tokens=extra + present, split_special_tokens=True, chat_format=self.chat_format,
             fill_marker=fill_marker, chat_template=CHAT_TEMPLATES.get(self.chat_format), **kwargs)
+        # None, not True: a call that does not say (Transformers' __call__ passes this attribute) gets text as
+        # text but a refusal for text that looks like a rendered chat (tokenization/chat.py says why).
+        self.split_special_tokens = None
         self._space_byte_id = backend.token_to_id("<0x20>")
         self._smiley_prefix_len = len(self._sp_encode([SMILEY])[0])  # Meta's vocab: 2 ("▁", "☺")
         smiley_id = backend.token_to_id(SMILEY)
