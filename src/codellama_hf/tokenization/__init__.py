@@ -24,6 +24,7 @@ from tokenizers import AddedToken
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from ..chat import CHAT_TEMPLATES
+from ..remote_code import TOKENIZER_AUTO_MAP
 from ..spm_model import has_dummy_prefix, load_backend, twin
 from .chat import INSTRUCT_VARIANTS, ChatMixin, resolve_chat_format
 from .constants import CONTROL_PIECES, GUARD_FILE, OWN_FILE, SMILEY
@@ -75,6 +76,8 @@ class CodeLlamaTokenizer(EncodingMixin, InfillingMixin, ChatMixin, FilesMixin, T
         extra = [t for t in kwargs.pop("extra_special_tokens", None) or [] if str(t) not in CONTROL_PIECES.values()]
         kwargs.pop("split_special_tokens", None)
         kwargs.pop("chat_template", None)  # derived from chat_format, the one source of truth
+        kwargs.pop("auto_map", None)
+        self._auto_map = dict(TOKENIZER_AUTO_MAP)  # saved in tokenizer_config.json (files.py)
         super().__init__(
             unk_token=unk_token, bos_token=bos_token, eos_token=eos_token,
             pad_token=pad_token if pad_token is not None else unk_token,  # never produced by byte-fallback text
