@@ -154,6 +154,6 @@ def _fim_ids(tokenizer) -> tuple[int, int, int, int]:
     keys = ("prefix_token_id", "suffix_token_id", "middle_token_id", "eot_token_id")
     if any(ids[k] is None for k in keys):
         raise UserInputError(f"the tokenizer {tokenizer.name_or_path or ''!r} has no infilling pieces (<PRE>, <SUF>, "
-                             "<MID>, <EOT>), so it cannot make FIM data; use a vocabulary trained for infilling "
-                             "(CodeLlama-7b, 7b-Instruct, 13b, 13b-Instruct, 70b, 70b-Instruct), or fim_rate=0")
+                             "<MID>, <EOT>), so it cannot make FIM data; use the tokenizer of a variant trained "
+                             "for infilling (CodeLlama-7b, 7b-Instruct, 13b, 13b-Instruct, 70b), or fim_rate=0")
     return tuple(ids[k] for k in keys)
