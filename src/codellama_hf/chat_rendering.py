@@ -14,7 +14,7 @@ The plan survives `+` and slicing, which is what lm-eval does to a context (it m
 continuation, and encodes context + continuation): text appended to a call continues that call, as Meta encodes an
 answer in the same call as its `[/INST]`. Every other str operation (`strip`, f-strings, `str()`, a round trip
 through a datasets/Arrow table or JSON) returns a plain `str`. For those, `looks_rendered` lets the encoder refuse a
-string that starts or continues like a rendered chat, with the fix, instead of encoding it as text in silence.
+string that starts like a rendered chat, with the fix, instead of encoding it as text in silence.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import re
 
 from .chat import Control, Unit
 
-# Where a rendered chat puts a control piece's text (a plain str holding one of these lost its plan): BOS before
-# a turn, `<step>` before a header, and the EOS closing an [INST] answer.
-_RENDERED_SHAPES = re.compile(r"<s>(?:\[INST\]| Source: )|<step> Source: |\[/INST\].* </s>$", re.DOTALL)
+# How a rendered chat starts: BOS and the first turn, or that turn alone where a tool stripped the BOS. Anchored at
+# the start, so code that quotes a prompt format (f"<s>[INST] {q} [/INST]") is not taken for a rendered chat.
+_OPENINGS = ("<s>[INST]", "<s> Source: ")
+_OPENINGS_WITHOUT_BOS = ("[INST]", " Source: ")
+_PIECES = ("<s>", "</s>", "<step>")
 
 _TEXT, _SPACED = "text", "spaced"  # a call on the stretch as written / on the stretch less its first character
 
@@ -133,5 +135,6 @@ def trusted_units(text: str, pieces: dict[str, str]) -> list[Unit]:
 
 
 def looks_rendered(text: str) -> bool:
-    """Whether a plain str holds a control piece's text where a rendered chat puts one."""
-    return ("<s>" in text or "<step>" in text or "</s>" in text) and _RENDERED_SHAPES.search(text) is not None
+    """Whether a plain str starts as a rendered chat does and holds a control piece's text: a rendered chat that
+    lost its plan (its `<s>`, `</s>` or `<step>` would be encoded as text)."""
+    return text.startswith(_OPENINGS) or (text.startswith(_OPENINGS_WITHOUT_BOS) and any(p in text for p in _PIECES))

@@ -5,7 +5,7 @@ Render-then-tokenize (lm-eval, vLLM, scripts): `apply_chat_template(tokenize=Fal
 ../chat_rendering.py), which `tok(text)`, `tok.encode(text)` and `tok.tokenize(text)` encode to exactly the ids of
 `apply_chat_template(tokenize=True)`. The trade-off, chosen over making `<s>` in any text a control id: only strings
 our renderer made (kept through `+` and slicing) become control ids, so typed text, including a message's, never
-can; a plain str that looks like a rendered chat is refused with the fix rather than encoded as text in silence
+can; a plain str that starts like a rendered chat is refused with the fix rather than encoded as text in silence
 (`split_special_tokens=True` encodes it as text, `split_special_tokens=False` takes its `<s>`, `</s>` and `<step>`
 as control ids, as stock Transformers does).
 """
@@ -109,10 +109,10 @@ class ChatMixin:
                     plans[i] = units
             elif split_special_tokens is None and looks_rendered(text):
                 raise UserInputError(
-                    f"text {i} ({text[:40]!r}...) has '<s>', '</s>' or '<step>' where a rendered chat has control "
-                    "tokens, but is a plain str, not the string apply_chat_template(tokenize=False) returned (that "
-                    "one keeps its token plan through + and slicing; strip(), f-strings, str() and dataset round "
-                    "trips drop it); pass the messages to apply_chat_template(tokenize=True), or "
+                    f"text {i} ({text[:40]!r}...) starts like a rendered chat but is a plain str, whose '<s>', "
+                    "'</s>' and '<step>' would be text: not the string apply_chat_template(tokenize=False) returned "
+                    "(that one keeps its token plan through + and slicing; strip(), f-strings, str() and dataset "
+                    "round trips drop it); pass the messages to apply_chat_template(tokenize=True), or "
                     "split_special_tokens=False to take those pieces as control ids, or split_special_tokens=True "
                     "to encode the text as text")
         return plans
