@@ -95,7 +95,8 @@ def test_a_process_that_never_imports_the_package_loads_it_only_with_trust_remot
     assert "trust_remote_code=True" in out["config_without_trust"]
     assert "trust_remote_code=True" in out["model_without_trust"]
     assert "run `import codellama_hf`" in out["tokenizer_without_trust"]  # the guard's loud error, as before
-    assert out["classes"] == ["codellama_hf.configuration.CodeLlamaConfig", "codellama_hf.modeling.CodeLlamaForCausalLM",
+    assert out["classes"] == ["codellama_hf.configuration.CodeLlamaConfig",
+                              "codellama_hf.modeling.CodeLlamaForCausalLM",
                               "codellama_hf.tokenization.CodeLlamaTokenizer"]
     tok = CodeLlamaTokenizer.from_pretrained(folder)
     assert out["ids"] == tok(CODE)["input_ids"] and out["infill"] == tok("def f(<FILL_ME>):")["input_ids"]

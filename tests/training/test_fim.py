@@ -153,11 +153,12 @@ def test_map_over_a_dataset_is_deterministic_whatever_the_batch_size(fim_tok):
     assert len(one) == len(short)
 
 
-def test_padding_never_carries_loss(fim_tok, tiny_config):
+def test_padding_never_carries_loss(fim_tok):
     import torch
 
-    from codellama_hf import CodeLlamaForCausalLM
+    from codellama_hf import CodeLlamaConfig, CodeLlamaForCausalLM
     from codellama_hf.training import FIMTransform, fim_data_collator
+    from tests.conftest import TINY
 
     rows = FIMTransform(fim_tok, fim_rate=1, labels="middle")({"text": stdlib_snippets(4, seed=6, max_chars=200)},
                                                               [0, 1, 2, 3])
@@ -171,9 +172,9 @@ def test_padding_never_carries_loss(fim_tok, tiny_config):
         kept = batch["attention_mask"][row] == 1
         assert batch["labels"][row][kept].tolist() == f["labels"]
     torch.manual_seed(0)
-    model = CodeLlamaForCausalLM(tiny_config.__class__.from_variant(
-        "CodeLlama-7b", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=len(fim_tok), dtype="float32")).eval()
+    config = CodeLlamaConfig.from_variant("CodeLlama-7b", **TINY, **fim_tok.control_token_ids, vocab_size=len(fim_tok),
+                                          dtype="float32")
+    model = CodeLlamaForCausalLM(config).eval()
     with torch.no_grad():
         together = model(**batch).loss
         each = [(model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss,
