@@ -207,12 +207,14 @@ def test_autotokenizer_picks_codellama_tokenizer_for_codellama_config(tiny_vocab
     assert type(AutoTokenizer.from_pretrained(folder)) is CodeLlamaTokenizer
 
 
-def test_split_special_tokens_false_is_refused(tiny_vocabs, load_tokenizer):
+def test_split_special_tokens_false_takes_bos_eos_text_as_control_ids_only_when_asked(tiny_vocabs, load_tokenizer):
     from codellama_hf.errors import UserInputError
 
-    tok, _ = load_tokenizer(tiny_vocabs["fim"])
-    with pytest.raises(UserInputError, match="split_special_tokens"):
-        tok("</s>", split_special_tokens=False)
+    tok, ref = load_tokenizer(tiny_vocabs["fim"])
+    assert tok("a</s>", add_special_tokens=False, split_special_tokens=False)["input_ids"] == ref.encode("a") + [2]
+    assert tok("a</s>", add_special_tokens=False)["input_ids"] == ref.encode("a</s>")  # by default, text
+    with pytest.raises(UserInputError, match="rendered chats support neither"):
+        tok("</s>", split_special_tokens=False, return_offsets_mapping=True)
 
 
 def test_offsets_path_gives_the_same_ids_and_true_offsets(tiny_vocabs, load_tokenizer, snippets):

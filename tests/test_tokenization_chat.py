@@ -121,3 +121,36 @@ def test_rendered_template_tokenizes_to_the_same_ids_in_stock_transformers(inst,
                                            allow_special_tags=True)
         assert stock(rendered, add_special_tokens=False)["input_ids"] == expected
         assert stock.apply_chat_template(dialog, add_generation_prompt=True, return_dict=False) == expected
+
+
+def test_continue_final_message_leaves_the_answer_open_as_meta_encodes_it(inst, step):
+    """No trailing space, no EOS (inst) or `<step>` (step) after the last answer: the model continues it."""
+    tok, ref = inst
+    one = [{"role": "user", "content": " sort a list "}, {"role": "assistant", "content": " def sort(xs): "}]
+    assert tok.apply_chat_template(one, continue_final_message=True, return_dict=False) == ref.encode(
+        "[INST] sort a list [/INST] def sort(xs):", bos=True)
+    few_shot = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
+                {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "The answer is"}]
+    assert tok.apply_chat_template(few_shot, continue_final_message=True, return_dict=False) == (
+        ref.encode("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n1+1? [/INST] 2 ", bos=True, eos=True)
+        + ref.encode("[INST] 2+2? [/INST] The answer is", bos=True))
+    empty = one[:1] + [{"role": "assistant", "content": ""}]
+    assert tok.apply_chat_template(empty, continue_final_message=True, return_dict=False) == ref.chat_inst(one[:1])
+    tok, ref = step
+    dialog = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello, ", "destination": "user"}]
+    assert tok.apply_chat_template(dialog, continue_final_message=True, return_dict=False) == (
+        [ref.bos_id] + ref.encode(" Source: system") + [ref.step_id] + ref.encode(" Source: user")
+        + ref.encode("\n\n hi") + [ref.step_id] + ref.encode(" Source: assistant\nDestination: user")
+        + ref.encode("\n\n Hello,"))
+
+
+def test_continue_final_message_needs_an_assistant_message_last(inst, step):
+    from codellama_hf.errors import UserInputError
+
+    for tok, _ in (inst, step):
+        with pytest.raises(UserInputError, match="continue_final_message=True needs an assistant message last"):
+            tok.apply_chat_template([{"role": "user", "content": "a"}], continue_final_message=True)
+        with pytest.raises(UserInputError, match="pass one"):
+            tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                    continue_final_message=True, add_generation_prompt=True)

@@ -62,6 +62,26 @@ def test_real_chats_match_meta(real_vocabs, load_tokenizer, snippets):
                                         allow_special_tags=True) == step_ref.chat_step(dialog)
 
 
+
+def test_real_rendered_chats_encode_back_to_metas_ids(real_vocabs, load_tokenizer, snippets):
+    """Render-then-tokenize (lm-eval, vLLM) on the real vocabularies: the issue's own example, and few-shot turns."""
+    inst, inst_ref = load_tokenizer(real_vocabs["codellama"], variant="CodeLlama-7b-Instruct")
+    step, step_ref = load_tokenizer(real_vocabs["codellama-70b-instruct"], variant="CodeLlama-70b-Instruct")
+    question = [{"role": "user", "content": "Question: 2 ** 3?\nAnswer:"}]
+    rendered = inst.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+    assert rendered == "<s>[INST] Question: 2 ** 3?\nAnswer: [/INST]"
+    assert inst(rendered, add_special_tokens=False)["input_ids"][:4] == [1, 518, 25580, 29962]
+    for i in range(0, 30, 5):
+        dialog = [{"role": "system", "content": snippets[i][:200]}, {"role": "user", "content": snippets[i + 1]},
+                  {"role": "assistant", "content": snippets[i + 2] + " </s><s>", "destination": "user"},
+                  {"role": "user", "content": snippets[i + 3]}]
+        answer = {"role": "assistant", "content": snippets[i + 4].strip(), "destination": "user"}
+        for tok, meta, gap in ((inst, inst_ref.chat_inst, " "), (step, step_ref.chat_step, "")):
+            text = tok.apply_chat_template(dialog, tokenize=False, add_generation_prompt=True)
+            assert tok.encode(text, add_special_tokens=False) == meta(dialog)
+            assert tok(text + gap + answer["content"], add_special_tokens=False)["input_ids"] == (
+                tok.apply_chat_template(dialog + [answer], continue_final_message=True, return_dict=False))
+
 def test_sentencepiece_makes_control_ids_from_text_and_we_do_not(real_vocabs, load_tokenizer):
     """The documented exception, on the real vocabularies."""
     tok, ref = load_tokenizer(real_vocabs["codellama-70b-instruct"])

@@ -7,6 +7,7 @@ import logging
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
+from . import remote_code
 from .variants import (CHAT_FORMATS, FIM_IDS_32016, FLAVORS, PRESETS, STEP_ID_70B_INSTRUCT, Variant, get_variant,
                        variant_in_name)
 
@@ -66,6 +67,16 @@ class CodeLlamaConfig(LlamaConfig):
         """EOS, plus EOT where the variant infills and `<step>` where it chats in Source:/<step> turns."""
         extra = [self.eot_token_id if self.infilling else None, self.step_token_id]
         return [self.eos_token_id] + [i for i in extra if i is not None]
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        # Differs: the folder also loads where codellama_hf is installed but not imported (remote_code.py says how).
+        self.auto_map = dict(remote_code.CONFIG_AUTO_MAP)
+        remote_code.write_files(save_directory, remote_code.MODEL_FILES)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        """Differs: does nothing, so saving never copies this package's source into a folder (remote_code.py)."""
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):

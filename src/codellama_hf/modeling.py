@@ -54,9 +54,15 @@ def _restore_loaded_4bit_scales(module, state_dict, prefix, local_metadata) -> N
         state_dict[f"{prefix}weight.{key}"] = value.detach()
 
 
-class CodeLlamaModel(_RefusesRemovedKwargs, LlamaModel):
+class _NamesTheInstalledPackage:
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """Differs: does nothing, so saving never copies this package's source into a folder (remote_code.py)."""
+
+
+class CodeLlamaModel(_NamesTheInstalledPackage, _RefusesRemovedKwargs, LlamaModel):
     config_class = CodeLlamaConfig  # differs here: the Auto factories route CodeLlamaConfig to it
 
 
-class CodeLlamaForCausalLM(_RefusesRemovedKwargs, LlamaForCausalLM):
+class CodeLlamaForCausalLM(_NamesTheInstalledPackage, _RefusesRemovedKwargs, LlamaForCausalLM):
     config_class = CodeLlamaConfig  # differs here: the Auto factories route CodeLlamaConfig to it

@@ -24,6 +24,7 @@ from tokenizers import AddedToken
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from ..chat import CHAT_TEMPLATES
+from ..remote_code import TOKENIZER_AUTO_MAP
 from ..spm_model import has_dummy_prefix, load_backend, twin
 from .chat import INSTRUCT_VARIANTS, ChatMixin, resolve_chat_format
 from .constants import CONTROL_PIECES, GUARD_FILE, OWN_FILE, SMILEY
@@ -75,6 +76,8 @@ class CodeLlamaTokenizer(EncodingMixin, InfillingMixin, ChatMixin, FilesMixin, T
         extra = [t for t in kwargs.pop("extra_special_tokens", None) or [] if str(t) not in CONTROL_PIECES.values()]
         kwargs.pop("split_special_tokens", None)
         kwargs.pop("chat_template", None)  # derived from chat_format, the one source of truth
+        kwargs.pop("auto_map", None)
+        self._auto_map = dict(TOKENIZER_AUTO_MAP)  # saved in tokenizer_config.json (files.py)
         super().__init__(
             unk_token=unk_token, bos_token=bos_token, eos_token=eos_token,
             pad_token=pad_token if pad_token is not None else unk_token,  # never produced by byte-fallback text
@@ -82,6 +85,9 @@ class CodeLlamaTokenizer(EncodingMixin, InfillingMixin, ChatMixin, FilesMixin, T
             add_eos_token=eos_from_file if add_eos_token is None else add_eos_token,
             extra_special_tokens=extra + present, split_special_tokens=True, chat_format=self.chat_format,
             fill_marker=fill_marker, chat_template=CHAT_TEMPLATES.get(self.chat_format), **kwargs)
+        # None, not True: a call that does not say (Transformers' __call__ passes this attribute) gets text as
+        # text but a refusal for text that looks like a rendered chat (tokenization/chat.py says why).
+        self.split_special_tokens = None
         self._space_byte_id = backend.token_to_id("<0x20>")
         self._smiley_prefix_len = len(self._sp_encode([SMILEY])[0])  # Meta's vocab: 2 ("▁", "☺")
         smiley_id = backend.token_to_id(SMILEY)

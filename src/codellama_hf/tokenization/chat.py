@@ -1,11 +1,22 @@
-"""Instruct chats on the tokenizer: Meta's prompt ids from `apply_chat_template`, and which chat format applies."""
+"""Instruct chats on the tokenizer: Meta's prompt ids from `apply_chat_template`, the rendered string that encodes
+back to them, and which chat format applies.
+
+Render-then-tokenize (lm-eval, vLLM, scripts): `apply_chat_template(tokenize=False)` returns a RenderedChat (see
+../chat_rendering.py), which `tok(text)`, `tok.encode(text)` and `tok.tokenize(text)` encode to exactly the ids of
+`apply_chat_template(tokenize=True)`. The trade-off, chosen over making `<s>` in any text a control id: only strings
+our renderer made (kept through `+` and slicing) become control ids, so typed text, including a message's, never
+can; a plain str that starts like a rendered chat is refused with the fix rather than encoded as text in silence
+(`split_special_tokens=True` encodes it as text, `split_special_tokens=False` takes its `<s>`, `</s>` and `<step>`
+as control ids, as stock Transformers does).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 
-from ..chat import CHAT_BUILDERS, check_messages
+from ..chat import CHAT_BUILDERS, Unit, check_messages
+from ..chat_rendering import RenderedChat, looks_rendered, render, trusted_units
 from ..configuration import CodeLlamaConfig
 from ..errors import UserInputError
 from ..variants import CHAT_FORMATS, PRESETS, variant_in_name
@@ -16,7 +27,8 @@ INSTRUCT_VARIANTS = tuple(v.name for v in PRESETS if v.chat_format != "none")
 
 
 class ChatMixin:
-    """`apply_chat_template` built from ../chat.py's builders. Uses EncodingMixin's `_sp_encode` and `_batch`."""
+    """`apply_chat_template` built from ../chat.py's builders, and the encoding of rendered chats. Uses
+    EncodingMixin's `_sp_encode` and `_batch`, and the ids CodeLlamaTokenizer.__init__ finds (`_control_ids`)."""
 
     def apply_chat_template(self, conversation, tools=None, documents=None, chat_template=None,
                             add_generation_prompt: bool = False, continue_final_message: bool = False,
@@ -26,32 +38,32 @@ class ChatMixin:
         """Meta's Instruct prompt for `conversation` (a list of messages, or a list of such lists).
 
         Differs from Transformers: with tokenize=True the ids are built as Meta builds them (separate encodes
-        joined by control ids), never by tokenizing a rendered string. Messages holding `[INST]`, `[/INST]`,
+        joined by control ids), never by tokenizing a rendered string; with tokenize=False the string returned is a
+        RenderedChat, which this tokenizer encodes back to the same ids. Messages holding `[INST]`, `[/INST]`,
         `<<SYS>>`, `<</SYS>>` or `<step>` raise, as Meta refuses them, unless allow_special_tags=True, which
-        encodes them as plain text (text is never a control id). A non-Instruct tokenizer raises.
+        encodes them as plain text (text is never a control id). continue_final_message=True leaves the last
+        (assistant) message open for the model to continue. A non-Instruct tokenizer raises.
         """
         if self.chat_format == "none":
             raise UserInputError(f"{self.name_or_path or 'this tokenizer'!r} has chat_format 'none': only Instruct "
                                  f"variants chat ({', '.join(INSTRUCT_VARIANTS)}); load one, or pass "
                                  "chat_format='inst' or 'step'")
         unsupported = {"tools": tools, "documents": documents, "chat_template": chat_template,
-                       "continue_final_message": continue_final_message,
                        "return_assistant_tokens_mask": return_assistant_tokens_mask}
         if given := [k for k, v in unsupported.items() if v]:
             raise UserInputError(f"{', '.join(given)} not supported: Code Llama's chat formats are fixed (Meta's)")
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         dialogs = [list(c) for c in conversation] if batched else [list(conversation)]
+        build = CHAT_BUILDERS[self.chat_format]
+        plans = []
         for dialog in dialogs:
             check_messages(dialog, allow_special_tags=allow_special_tags)
+            plans.append(build(dialog, add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message))
         if not tokenize:
-            render = super().apply_chat_template  # Transformers renders the Jinja template (CHAT_TEMPLATES)
-            rendered = [render(d, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs)
-                        for d in dialogs]
+            rendered = [render(plan, self._control_pieces()) for plan in plans]
             return rendered if batched else rendered[0]
-        build = CHAT_BUILDERS[self.chat_format]
-        ids = [build(d, encode=lambda text: self._sp_encode([text])[0], bos_id=self.bos_token_id,
-                     eos_id=self.eos_token_id, step_id=self._control_ids["step_token_id"],
-                     add_generation_prompt=add_generation_prompt) for d in dialogs]
+        ids = self._plan_ids(plans)
         if truncation and max_length is not None:
             ids = [i[:max_length] if self.truncation_side == "right" else i[-max_length:] for i in ids]
         padding_strategy, _, max_length, _ = self._get_padding_truncation_strategies(padding=padding,
@@ -60,6 +72,50 @@ class ChatMixin:
                           padding_strategy=padding_strategy, max_length=max_length, pad_to_multiple_of=None,
                           padding_side=self.padding_side)
         return out if return_dict else out["input_ids"]
+
+    def _control_pieces(self) -> dict[str, str | None]:
+        step = "<step>" if self._control_ids["step_token_id"] is not None else None
+        return {"bos": self.bos_token, "eos": self.eos_token, "step": step}
+
+    def _plan_ids(self, plans: list[list[Unit]]) -> list[list[int]]:
+        """Ids of prompt plans: every call in one batched backend call, control ids by name."""
+        texts = [u for plan in plans for u in plan if isinstance(u, str)]
+        encoded = iter(self._sp_encode(texts) if texts else [])
+        controls = {"bos": self.bos_token_id, "eos": self.eos_token_id, "step": self._control_ids["step_token_id"]}
+        out = []
+        for plan in plans:
+            row: list[int] = []
+            for unit in plan:
+                if isinstance(unit, str):
+                    row += next(encoded)
+                elif controls[unit.name] is not None:
+                    row.append(controls[unit.name])
+                else:
+                    raise UserInputError("this vocabulary has no '<step>' piece, so it cannot encode 70b-Instruct "
+                                         "chats; load CodeLlama-70b-Instruct's tokenizer.model")
+            out.append(row)
+        return out
+
+    def _chat_plans(self, texts: list[str], *, split_special_tokens: bool | None) -> dict[int, list[Unit]]:
+        """Plans of the texts to encode as chats: RenderedChats, and with split_special_tokens=False any text
+        holding a control piece. A plain str that looks rendered raises unless split_special_tokens says what it is."""
+        plans = {}
+        for i, text in enumerate(texts):
+            if isinstance(text, RenderedChat) and split_special_tokens is not True:
+                plans[i] = text.units()
+            elif split_special_tokens is False:
+                units = trusted_units(text, self._control_pieces())
+                if any(not isinstance(u, str) for u in units):
+                    plans[i] = units
+            elif split_special_tokens is None and looks_rendered(text):
+                raise UserInputError(
+                    f"text {i} ({text[:40]!r}...) starts like a rendered chat but is a plain str, whose '<s>', "
+                    "'</s>' and '<step>' would be text: not the string apply_chat_template(tokenize=False) returned "
+                    "(that one keeps its token plan through + and slicing; strip(), f-strings, str() and dataset "
+                    "round trips drop it); pass the messages to apply_chat_template(tokenize=True), or "
+                    "split_special_tokens=False to take those pieces as control ids, or split_special_tokens=True "
+                    "to encode the text as text")
+        return plans
 
 
 def resolve_chat_format(chat_format: str | None, *, variant: str | None, folder) -> str:

@@ -17,8 +17,8 @@ class EncodingMixin:
     """`_sp_encode` (Meta's `encode`), `_decode`, and Transformers' `__call__`/`tokenize` paths.
 
     Uses the backends and ids CodeLlamaTokenizer.__init__ sets (`_tokenizer`, `_fast`, `_dummy_prefix`,
-    `_space_byte_id`, `_smiley_ids`), and InfillingMixin's `_split_infilling`/`_prompt_ids`, since any call may carry
-    an infilling prompt.
+    `_space_byte_id`, `_smiley_ids`), InfillingMixin's `_split_infilling`/`_prompt_ids`, since any call may carry
+    an infilling prompt, and ChatMixin's `_chat_plans`/`_plan_ids`, since any call may carry a rendered chat.
     """
 
     # ----- Meta's primitives ------------------------------------------------------------------------------------
@@ -29,10 +29,11 @@ class EncodingMixin:
         escaped = [escape(t, dummy_prefix=self._dummy_prefix) for t in texts]
         return [e.ids for e in self._fast.encode_batch_fast(escaped, add_special_tokens=False)]
 
-    def _with_bos_eos(self, ids: list[int], add_special_tokens: bool) -> list[int]:
-        if add_special_tokens and self.add_bos_token:
+    def _with_bos_eos(self, ids: list[int], add_special_tokens: bool, *, once: bool = False) -> list[int]:
+        """once: a rendered chat carries its own BOS; a second one would not be Meta's prompt."""
+        if add_special_tokens and self.add_bos_token and not (once and ids[:1] == [self.bos_token_id]):
             ids.insert(0, self.bos_token_id)  # in place: batches of long texts are millions of ids
-        if add_special_tokens and self.add_eos_token:
+        if add_special_tokens and self.add_eos_token and not (once and ids[-1:] == [self.eos_token_id]):
             ids.append(self.eos_token_id)
         return ids
 
@@ -62,16 +63,19 @@ class EncodingMixin:
                      return_overflowing_tokens: bool = False, return_special_tokens_mask: bool = False,
                      return_offsets_mapping: bool = False, return_length: bool = False, verbose: bool = True,
                      split_special_tokens=None, suffix=None, suffix_first: bool = False, **kwargs) -> BatchEncoding:
-        if split_special_tokens is False:
-            raise UserInputError("split_special_tokens=False is not supported: text never turns into control ids "
-                                 "here; build prompts with suffix=..., apply_chat_template or explicit ids")
         if is_split_into_words:
             raise UserInputError("is_split_into_words=True is not supported: SentencePiece encodes whole strings")
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         if not all(isinstance(t, str) for t in texts):
             raise UserInputError(f"text must be a string or a list of strings, got {type(texts[0]).__name__}")
-        prefixes, suffixes = self._split_infilling(texts, suffix, batched=batched)
+        chats = self._chat_plans(texts, split_special_tokens=split_special_tokens)
+        if chats and (return_offsets_mapping or return_overflowing_tokens or text_pair is not None
+                      or suffix is not None):
+            raise UserInputError("rendered chats support neither text_pair, suffix=, return_offsets_mapping nor "
+                                 "return_overflowing_tokens")
+        prefixes, suffixes = self._split_infilling([t if i not in chats else "" for i, t in enumerate(texts)],
+                                                   suffix, batched=batched)
         layout = dict(batched=batched, return_tensors=return_tensors, return_attention_mask=return_attention_mask,
                       padding_strategy=padding_strategy, max_length=max_length,
                       pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side or self.padding_side)
@@ -89,6 +93,8 @@ class EncodingMixin:
                            return_offsets_mapping=return_offsets_mapping, return_length=return_length,
                            verbose=verbose), **layout)
         ids = self._prompt_ids(prefixes, suffixes, suffix_first=suffix_first, add_special_tokens=add_special_tokens)
+        for i, row in zip(chats, self._plan_ids(list(chats.values()))):
+            ids[i] = self._with_bos_eos(row, add_special_tokens, once=True)
         if truncation_strategy != TruncationStrategy.DO_NOT_TRUNCATE and max_length is not None:
             ids = [i[:max_length] if self.truncation_side == "right" else i[-max_length:] for i in ids]
         extra = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from .. import remote_code
 from .constants import CONTROL_PIECES, GUARD_FILE, OWN_FILE
 
 GUARD_MESSAGE = ("codellama_hf: this tokenizer is codellama_hf.CodeLlamaTokenizer; run `import codellama_hf` before "
@@ -20,14 +21,22 @@ GUARD_MESSAGE = ("codellama_hf: this tokenizer is codellama_hf.CodeLlamaTokenize
 
 
 class FilesMixin:
-    """Saving a CodeLlamaTokenizer: its own pipeline file, plus the guard where stock Transformers looks first."""
+    """Saving a CodeLlamaTokenizer: its own pipeline file, the guard where stock Transformers looks first, and
+    tokenizer_config.json's `auto_map` with its module (../remote_code.py), which `trust_remote_code=True` follows.
+    Uses `_auto_map`, which CodeLlamaTokenizer.__init__ sets and Transformers writes to tokenizer_config.json."""
 
     def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
         prefix = f"{filename_prefix}-" if filename_prefix else ""
         own = os.path.join(str(save_directory), prefix + OWN_FILE)
         self.backend_tokenizer.save(own)
-        guard = write_guard(save_directory) if not prefix else None
-        return tuple(file_names) + tuple(p for p in (own, guard) if p)
+        if prefix:
+            return tuple(file_names) + (own,)
+        extra = remote_code.write_files(save_directory, remote_code.TOKENIZER_FILES)
+        return tuple(file_names) + (own, write_guard(save_directory), *extra)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoTokenizer"):
+        """Differs: does nothing, so saving never copies this package's source into a folder (remote_code.py)."""
 
 
 def write_guard(folder) -> str:
