@@ -6,6 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from codellama_hf.chat_rendering import looks_rendered
+from codellama_hf.errors import UserInputError
 from tests.fixtures_tokenizer import has_control_string
 
 # Arbitrary unicode, plus text dense in whitespace, markers and pieces that sit near control strings.
@@ -20,21 +22,39 @@ def step_vocab(tiny_vocabs, load_tokenizer):
     return load_tokenizer(tiny_vocabs["step"])
 
 
+def as_text(tok, x: str) -> dict:
+    """encode() keywords that take `x` as text. A plain str that starts like a rendered chat (`<s>[INST]`) is refused
+    by default, as a rendered chat that lost its token plan; split_special_tokens=True says it is text."""
+    if not looks_rendered(x):
+        return {}
+    with pytest.raises(UserInputError, match="starts like a rendered chat"):
+        tok.encode(x)
+    return {"split_special_tokens": True}
+
+
 @SETTINGS
 @given(x=text)
 def test_decode_of_encode_is_identity(step_vocab, x):
     tok, _ = step_vocab
     if "▁" in x:  # U+2581 is SentencePiece's escaped space: it decodes to " " there too
         x = x.replace("▁", "_")
-    assert tok.decode(tok.encode(x), skip_special_tokens=True) == x
-    assert tok.decode(tok.encode(x, add_special_tokens=False)) == x
+    kw = as_text(tok, x)
+    assert tok.decode(tok.encode(x, **kw), skip_special_tokens=True) == x
+    assert tok.decode(tok.encode(x, add_special_tokens=False, **kw)) == x
+
+
+@pytest.mark.parametrize("x", ["<s> Source: ", "<s>[INST] hi [/INST]", "[INST] a </s>"])
+def test_text_that_starts_like_a_rendered_chat_round_trips_as_text_when_said_so(step_vocab, x):
+    tok, _ = step_vocab
+    kw = as_text(tok, x)
+    assert kw and tok.decode(tok.encode(x, add_special_tokens=False, **kw)) == x
 
 
 @SETTINGS
 @given(x=text)
 def test_encode_equals_sentencepiece_unless_text_holds_a_control_string(step_vocab, x):
     tok, ref = step_vocab
-    ids = tok.encode(x, add_special_tokens=False)
+    ids = tok.encode(x, add_special_tokens=False, **as_text(tok, x))
     controls = set(tok.control_token_ids.values())
     assert not controls & set(ids)  # never a control id from text
     if not has_control_string(x):
