@@ -1,0 +1,115 @@
+"""Servers for the serving tests: tiny converted checkpoints (tests/fixtures_convert.py), served in-process by
+uvicorn on a thread and a free port, started once per module."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
+
+KV_CACHE_TOKENS = 32768  # the tests' paged cache: 64 MiB for the tiny models, room for many long requests
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: object
+    server: object
+    thread: threading.Thread
+
+    @property
+    def service(self):
+        return self.app.state.service
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(load, *, ready: bool = True, **options) -> LiveServer:
+    """Serve create_app(load) on a free port; with ready=True, wait for /health to say ok."""
+    import uvicorn
+
+    from codellama_hf.serving import ServeOptions, create_app
+
+    app = create_app(load, ServeOptions(**options))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    live = LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    while ready and httpx.get(f"{live.url}/health").status_code != 200:
+        if time.monotonic() > deadline or app.state.load_error:
+            raise RuntimeError(f"the test model did not load: {app.state.load_error}")
+        time.sleep(0.02)
+    return live
+
+
+def loader(folder, **options):
+    from codellama_hf.serving import load_service
+
+    return lambda: load_service(folder, kv_cache_tokens=KV_CACHE_TOKENS, **options)
+
+
+@pytest.fixture(scope="session")
+def instruct_folder(converted_checkpoint):
+    """CodeLlama-7b-Instruct's structure, tiny: it both infills and chats ([INST] turns)."""
+    return converted_checkpoint("CodeLlama-7b-Instruct")
+
+
+@pytest.fixture(scope="session")
+def meta(instruct_folder):
+    from tests.fixtures_tokenizer import MetaReference
+
+    return MetaReference(instruct_folder / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def server(instruct_folder):
+    live = start_server(loader(instruct_folder))
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def submitted(server, monkeypatch):
+    """Every GenerationRequest the engine receives, in order (its prompt_ids are what the model sees)."""
+    calls = []
+    engine = server.service.engine
+    real = engine.submit
+
+    def spy(request):
+        calls.append(request)
+        return real(request)
+
+    monkeypatch.setattr(engine, "submit", spy)
+    return calls
+
+
+def sse_events(lines) -> list:
+    """The JSON (or "[DONE]") of each `data:` line of a server-sent-event stream."""
+    import json
+
+    out = []
+    for line in lines:
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
