@@ -113,3 +113,16 @@ def sse_events(lines) -> list:
             data = line[5:].strip()
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+def reference_greedy(service, ids: list[int], n: int, *, stop_ids=None) -> list[int]:
+    """Greedy ids from eager `model.generate` on the served model, the stop id dropped: the independent truth."""
+    import torch
+
+    stops = sorted(service.stop_ids if stop_ids is None else stop_ids)
+    with torch.no_grad():
+        out = service.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=n, do_sample=False, eos_token_id=stops or None,
+                                     pad_token_id=stops[0] if stops else 0)
+    new = out[0, len(ids):].tolist()
+    return new[:-1] if new and new[-1] in stops else new

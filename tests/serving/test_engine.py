@@ -8,14 +8,13 @@ import contextlib
 import time
 
 import pytest
-import torch
 
 from codellama_hf.serving import load_service
 from codellama_hf.serving.engine import Engine
 from codellama_hf.serving.requests import QueueFull, Sampling, ServingError
 from codellama_hf.serving.service import Service
 
-from .conftest import KV_CACHE_TOKENS
+from .conftest import KV_CACHE_TOKENS, reference_greedy
 
 PREFIX, SUFFIX = "def add(a, b):\n    ", "\n    return total\n"
 
@@ -25,16 +24,6 @@ def service(request, instruct_folder):
     s = load_service(instruct_folder, engine=request.param, kv_cache_tokens=KV_CACHE_TOKENS)
     yield s
     s.engine.stop()
-
-
-def reference(service: Service, ids: list[int], n: int) -> list[int]:
-    """Greedy ids from eager generate on the same model: the independent truth for both engines."""
-    stops = sorted(service.stop_ids)
-    with torch.no_grad():
-        out = service.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     max_new_tokens=n, do_sample=False, eos_token_id=stops, pad_token_id=stops[0])
-    new = out[0, len(ids):].tolist()
-    return new[:-1] if new and new[-1] in stops else new
 
 
 def run(coro):
@@ -53,7 +42,7 @@ def generate(service, request):
 def test_greedy_text_is_what_eager_generate_gives(service):
     ids = service.infill_ids(PREFIX, SUFFIX)
     done = generate(service, service.request(ids, max_new_tokens=12, decode="infill"))
-    want = reference(service, ids, 12)
+    want = reference_greedy(service, ids, 12)
     assert done.ids == want and done.text == service.tokenizer.decode_infilling(want)
     assert done.prompt_tokens == len(ids) and done.completion_tokens in (len(want), len(want) + 1)
 
@@ -186,3 +175,20 @@ def test_a_prompt_over_the_context_is_refused_before_generating(service):
         service.request(list(range(3, 3 + service.context_tokens)), max_new_tokens=4)
     assert e.value.param == "prompt"
     assert service.request([1, 5], max_new_tokens=10**9).max_new_tokens == service.context_tokens - 2  # cut to fit
+
+
+@pytest.mark.parametrize("kind", ["continue", "chat"])
+def test_streamed_text_of_a_long_answer_is_its_whole_decode(service, kind):
+    import random
+
+    from codellama_hf.serving.text import TextAssembler
+
+    rng = random.Random(0)
+    ids = [rng.randrange(3, 600) for _ in range(400)]  # byte-fallback ids included: characters split across ids
+    first, more = service.decoders(kind)
+    assembler = TextAssembler(first, decode_more=more)
+    text = "".join(assembler.feed(ids[:n]) for n in range(1, len(ids) + 1)) + assembler.finish(ids)
+    tok = service.tokenizer
+    whole = tok.decode(ids, skip_special_tokens=True) if kind == "chat" else tok.decode_infilling(ids,
+                                                                                                  stop_at_eot=False)
+    assert text == whole

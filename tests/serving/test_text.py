@@ -107,3 +107,17 @@ def test_bad_extra_context_is_refused(extra, words):
     with pytest.raises(ServingError, match=words) as err:
         extra_context(extra)
     assert err.value.param == "input_extra" and err.value.kind == "invalid"
+
+
+def test_settling_keeps_each_decode_short_and_the_text_the_same():
+    calls = []
+
+    def counted(ids):
+        calls.append(len(ids))
+        return decode(ids)
+
+    ids = [1, 2, 3, 4, 5, 6, 7, 5] * 40
+    assembler = TextAssembler(counted, decode_more=counted)
+    parts, tail = feed_all(assembler, ids)
+    assert "".join(parts) + tail == decode(ids)
+    assert max(calls[-20:]) <= 2 * TextAssembler.SETTLE  # not the whole answer each time

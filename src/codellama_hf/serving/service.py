@@ -37,9 +37,15 @@ class Service:
         self.context_tokens = int(facts.max_position_embeddings)
         eot = tokenizer.control_token_ids.get("eot_token_id")
         self.stop_ids = frozenset(facts.stop_token_ids) | ({eot} if eot is not None else set())
-        self._decoders = {"infill": tokenizer.decode_infilling,
-                          "continue": lambda ids: tokenizer.decode_infilling(ids, stop_at_eot=False),
-                          "chat": lambda ids: tokenizer.decode(ids, skip_special_tokens=True)}
+        # The engine stops at the stop ids and they are cut before decoding, so an infilled middle and a
+        # continuation decode alike: Meta's decode_infilling keeps the space a leading `▁` stands for. An Instruct
+        # answer decodes as Meta's chat_completion does (a plain decode, its first space dropped); what follows its
+        # first ids continues it.
+        special = set(tokenizer.all_special_ids)
+        more = lambda ids: tokenizer.decode_infilling(ids, stop_at_eot=False)  # noqa: E731
+        self._decoders = {"infill": (more, more), "continue": (more, more),
+                          "chat": (lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                                   lambda ids: more([i for i in ids if i not in special]))}
         assert set(self._decoders) == set(DECODES)
 
     # ----- prompt ids (Meta's) --------------------------------------------------------------------------------
@@ -120,8 +126,9 @@ class Service:
         """One short greedy request, so that the first client does not wait for the engine's first batch."""
         await self.start(self.request(self.plain_ids("def"), max_new_tokens=2)).result()
 
-    def decode(self, kind: str, ids: list[int]) -> str:
-        return self._decoders[kind](ids)
+    def decoders(self, kind: str):
+        """(decode from the start, decode ids that continue earlier ones) for a request's `decode`."""
+        return self._decoders[kind]
 
 
 class Run:
@@ -137,7 +144,8 @@ class Run:
 
     async def events(self) -> AsyncIterator[Delta | Done]:
         req = self.request
-        assembler = TextAssembler(lambda ids: self.service.decode(req.decode, ids), req.stop)
+        first, more = self.service.decoders(req.decode)
+        assembler = TextAssembler(first, req.stop, decode_more=more)
         ids: list[int] = []
         finish, stop_type, first = "length", "limit", None
         try:

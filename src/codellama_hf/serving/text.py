@@ -1,9 +1,10 @@
 """Generated ids to streamed text: incremental decoding and stop strings, which the engines cannot do.
 
-Each step decodes all ids so far (a SentencePiece piece can change how its neighbours decode, and a multi-byte
-character can span several byte-fallback ids) and releases only text that cannot change any more: a trailing
-U+FFFD (an unfinished UTF-8 sequence) and any tail that could still grow into a stop string are held back, as
-llama.cpp's server holds back a partial stop word.
+Each step decodes the ids since the last settled point (a multi-byte character can span several byte-fallback
+ids, and the first piece decodes differently from the others) and releases only text that cannot change any more:
+a trailing U+FFFD (an unfinished UTF-8 sequence) and any tail that could still grow into a stop string are held
+back, as llama.cpp's server holds back a partial stop word. Settling keeps each step's decode short, so a
+16k-token answer costs no more per token than a short one.
 """
 
 from __future__ import annotations
@@ -25,13 +26,34 @@ def partial_stop_length(text: str, stops: Sequence[str]) -> int:
 
 
 class TextAssembler:
-    """Feed it the generated ids (all of them, each time); it returns the text that is now final."""
+    """Feed it the generated ids (all of them, each time); it returns the text that is now final.
 
-    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()):
-        self._decode = decode
+    decode: ids from the start -> text. decode_more: ids that continue earlier ones -> their text (for
+    SentencePiece, Meta's decode_infilling, which keeps the space a leading `▁` stands for); without it every step
+    decodes everything.
+    """
+
+    SETTLE = 32  # ids kept unsettled behind the newest one
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = (),
+                 decode_more: Callable[[list[int]], str] | None = None):
+        self._decode_first, self._decode_more = decode, decode_more
         self._stops = [s for s in stop if s]
+        self._settled_ids, self._settled_text = 0, ""
         self.emitted = ""  # text already released
         self.stopped_by: str | None = None  # the stop string that ended the text, once found
+
+    def _decode(self, ids: list[int]) -> str:
+        n = self._settled_ids
+        if self._decode_more is not None and len(ids) - n >= 2 * self.SETTLE:
+            # settle ids[n:k] when they end on a whole character: what follows decodes on its own from there
+            k = len(ids) - self.SETTLE
+            part = (self._decode_more if n else self._decode_first)(ids[n:k])
+            if not part.endswith(REPLACEMENT):
+                self._settled_ids, self._settled_text, n = k, self._settled_text + part, k
+        if n == 0:
+            return self._decode_first(ids)
+        return self._settled_text + self._decode_more(ids[n:])
 
     def feed(self, ids: list[int]) -> str:
         """New final text for `ids`; after a stop string is found, the text up to it and nothing more."""
