@@ -24,8 +24,30 @@ __all__ = ["ServeOptions", "create_app", "load_service", "run_batch", "serve"]
 
 def serve(model_dir, *, host: str = "127.0.0.1", port: int = 8080, options: ServeOptions = ServeOptions(),
           log_level: str = "info", **load_options) -> None:
-    """Serve `model_dir` until interrupted; `load_options` go to load_service (dtype, quantization, engine, ...)."""
+    """Serve `model_dir` until interrupted; `load_options` go to load_service (dtype, quantization, engine, ...).
+
+    The port opens at once and answers 503 while the model loads; if loading fails, the server stops and the
+    error is raised here."""
     import uvicorn
 
-    app = create_app(lambda: load_service(model_dir, **load_options), options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    from ..errors import UserInputError
+    from .loading import check_folder
+
+    check_folder(model_dir)
+    server = None
+
+    def load():
+        try:
+            return load_service(model_dir, **load_options)
+        except BaseException:
+            server.should_exit = True  # a server that can never answer should not keep the port
+            raise
+
+    app = create_app(load, options)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=5))
+    server.run()
+    if app.state.load_error:
+        raise UserInputError(f"the model did not load: {app.state.load_error}")
+    if not server.started:
+        raise UserInputError(f"could not listen on {host}:{port} (see the log above); pick another --port")

@@ -25,6 +25,14 @@ def _dtype(name: str, *, cuda: bool):
     return getattr(torch, name) if name != "auto" else (torch.bfloat16 if cuda else torch.float32)
 
 
+def check_folder(folder) -> Path:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise UserInputError(f"{str(folder)!r} is not a converted model folder (no config.json); pass the output "
+                             f"folder of `codellama-hf convert`")
+    return folder
+
+
 def load_model(folder, *, dtype: str = "auto", quantization: str = "none", device_map: str | None = None):
     """(model, tokenizer) from a converted folder, in eval mode."""
     import torch
@@ -32,10 +40,7 @@ def load_model(folder, *, dtype: str = "auto", quantization: str = "none", devic
 
     import codellama_hf  # noqa: F401 - registers the model type and the tokenizer
 
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise UserInputError(f"{str(folder)!r} is not a converted model folder (no config.json); pass the output "
-                             f"folder of `codellama-hf convert`")
+    folder = check_folder(folder)
     if dtype not in DTYPES or quantization not in QUANTIZATIONS:
         raise UserInputError(f"dtype {dtype!r} / quantization {quantization!r}; expected one of {DTYPES} / "
                              f"{QUANTIZATIONS}")
