@@ -63,9 +63,12 @@ def start_server(load, *, ready: bool = True, **options) -> LiveServer:
 
 
 def loader(folder, **options):
+    """Loads `folder` for a test server; continuous batching unless `engine=` says otherwise (on CPU the CLI's auto
+    would pick eager, and continuous batching is what GPU users run)."""
     from codellama_hf.serving import load_service
 
-    return lambda: load_service(folder, kv_cache_tokens=KV_CACHE_TOKENS, **options)
+    options = {"engine": "continuous", "kv_cache_tokens": KV_CACHE_TOKENS, **options}
+    return lambda: load_service(folder, **options)
 
 
 @pytest.fixture(scope="session")
@@ -126,3 +129,21 @@ def reference_greedy(service, ids: list[int], n: int, *, stop_ids=None) -> list[
                                      pad_token_id=stops[0] if stops else 0)
     new = out[0, len(ids):].tolist()
     return new[:-1] if new and new[-1] in stops else new
+
+
+def poison(model, monkeypatch, prompt_ids: list[int]):
+    """Make the model's forward raise on the pass that reads `prompt_ids` (a request's prefill), once; passes for
+    other requests still running meanwhile are untouched."""
+    real, hits = model.forward, []
+
+    def forward(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        flat = ids.reshape(-1).tolist() if ids is not None else []
+        n = len(prompt_ids)
+        if not hits and any(flat[i:i + n] == prompt_ids for i in range(len(flat) - n + 1)):
+            hits.append(1)
+            raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    return hits

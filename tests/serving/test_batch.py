@@ -38,7 +38,7 @@ def read(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def service(instruct_folder):
-    s = load_service(instruct_folder, kv_cache_tokens=KV_CACHE_TOKENS)
+    s = load_service(instruct_folder, engine="continuous", kv_cache_tokens=KV_CACHE_TOKENS)
     yield s
     s.engine.stop()
 
@@ -92,7 +92,7 @@ def test_generate_resumes_after_a_kill(instruct_folder, service, tmp_path):
     write_input(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
     args = ["generate", "--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--concurrency", "1",
-            "--kv-cache-tokens", str(KV_CACHE_TOKENS), str(instruct_folder)]
+            "--engine", "continuous", "--kv-cache-tokens", str(KV_CACHE_TOKENS), str(instruct_folder)]
     command, env = cli(*args)
     job = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

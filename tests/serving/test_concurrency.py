@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import instruct_folder, loader, start_server  # noqa: F401 - instruct_folder is a fixture
+from .conftest import instruct_folder, loader, poison, start_server  # noqa: F401 - a fixture
 
 GAPS = [(f"def f{i}(x):\n    y = x * {i}\n", f"\n    return y + {i}\n") for i in range(16)]
 
@@ -32,7 +32,20 @@ async def stream_infill(client: httpx.AsyncClient, prefix: str, suffix: str) -> 
     return "".join(text)
 
 
-def test_sixteen_concurrent_streams_get_what_each_gets_alone(server, monkeypatch):
+@pytest.fixture(scope="module")
+def eager_server(instruct_folder):
+    live = start_server(loader(instruct_folder, engine="eager"))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(params=["continuous", "eager"])
+def any_server(request):
+    return request.getfixturevalue("server" if request.param == "continuous" else "eager_server")
+
+
+def test_sixteen_concurrent_streams_get_what_each_gets_alone(any_server, monkeypatch):
+    server = any_server
     async def alone():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             return [await stream_infill(client, p, s) for p, s in GAPS]
@@ -53,7 +66,7 @@ def test_sixteen_concurrent_streams_get_what_each_gets_alone(server, monkeypatch
     one_by_one = asyncio.run(alone())
     monkeypatch.setattr(engine, "submit", submit)
     assert asyncio.run(together()) == one_by_one
-    assert max(peak) >= 8  # they really were in the engine at the same time
+    assert max(peak) >= 8  # they really were in the engine at the same time (the eager one queues them)
     assert len(set(one_by_one)) > 8  # and the gaps differ, so each client got its own text back
 
 
@@ -62,21 +75,26 @@ def long_request() -> dict:
     return {"prompt": "def f(x):", "n_predict": 16000, "ignore_eos": True, "temperature": 0}
 
 
-def test_a_streaming_client_that_disconnects_is_cancelled(server):
-    engine = server.service.engine
+def test_a_streaming_client_that_disconnects_is_cancelled(any_server):
+    engine = any_server.service.engine
+    server = any_server
     with httpx.stream("POST", f"{server.url}/completion", json={**long_request(), "stream": True}, timeout=60) as r:
         lines = r.iter_lines()
         while not next(lines).startswith("data:"):
             pass
         assert engine.in_flight == 1
     wait_until(lambda: engine.in_flight == 0, "the disconnected stream still holds its slot")
-    wait_until(lambda: not engine._manager.batch_processor.scheduler.active_requests,
-               "the batch still generates for the disconnected client")
+    if engine.name == "continuous":
+        wait_until(lambda: not engine._manager.batch_processor.scheduler.active_requests,
+                   "the batch still generates for the disconnected client")
+    else:  # the worker stops at its next step and takes the next request
+        r = httpx.post(f"{server.url}/completion", json={"prompt": "x", "n_predict": 2}, timeout=10)
+        assert r.status_code == 200
 
 
-def test_a_non_streaming_client_that_disconnects_is_cancelled(server):
+def test_a_non_streaming_client_that_disconnects_is_cancelled(any_server):
     # llama.vim cancels a completion by killing its curl
-    engine = server.service.engine
+    engine, server = any_server.service.engine, any_server
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/infill", json={"input_prefix": "a", "input_suffix": "b", **long_request()},
                    timeout=httpx.Timeout(60, read=0.5))
@@ -110,20 +128,29 @@ def test_a_full_queue_gets_429_with_retry_after_and_a_disconnect_frees_it(one_sl
     assert r.status_code == 200
 
 
-def test_a_request_that_fails_inside_generation_fails_alone(server, monkeypatch):
-    model, calls = server.service.model, []
-    real = model.forward
-
-    def forward(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("injected failure")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", forward)
-    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=60)
+def test_a_request_that_fails_inside_generation_gets_500_and_the_server_goes_on(server, monkeypatch):
+    # Continuous batching: Transformers' manager stops its loop on any error in a forward pass, failing every
+    # request in it; the engine starts a new loop for the next requests.
+    prompt = "def poisoned_request():"
+    poison(server.service.model, monkeypatch, server.service.plain_ids(prompt))
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt, "max_tokens": 3}, timeout=60)
     assert r.status_code == 500 and "injected failure" in r.json()["error"]["message"]
     assert r.json()["error"]["type"] == "server_error"
     r = httpx.post(f"{server.url}/infill", json={"input_prefix": "a", "input_suffix": "b", "n_predict": 3},
                    timeout=60)
     assert r.status_code == 200 and r.json()["tokens_predicted"] >= 1
+
+
+def test_with_the_eager_engine_a_failing_request_fails_alone(eager_server, monkeypatch):
+    prompt = "def poisoned_request():"
+    poison(eager_server.service.model, monkeypatch, eager_server.service.plain_ids(prompt))
+
+    async def both():
+        async with httpx.AsyncClient(base_url=eager_server.url, timeout=60) as client:
+            return await asyncio.gather(
+                client.post("/completion", json={"prompt": "x", "n_predict": 40, "ignore_eos": True}),
+                client.post("/completion", json={"prompt": prompt, "n_predict": 4}))
+
+    fine, failed = asyncio.run(both())
+    assert failed.status_code == 500 and "injected failure" in failed.json()["error"]["message"]
+    assert fine.status_code == 200 and fine.json()["tokens_predicted"] == 40

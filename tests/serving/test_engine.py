@@ -8,13 +8,14 @@ import contextlib
 import time
 
 import pytest
+import torch
 
 from codellama_hf.serving import load_service
 from codellama_hf.serving.engine import Engine
 from codellama_hf.serving.requests import QueueFull, Sampling, ServingError
 from codellama_hf.serving.service import Service
 
-from .conftest import KV_CACHE_TOKENS, reference_greedy
+from .conftest import KV_CACHE_TOKENS, poison, reference_greedy
 
 PREFIX, SUFFIX = "def add(a, b):\n    ", "\n    return total\n"
 
@@ -96,21 +97,12 @@ def test_admission_stops_at_max_queue(service, monkeypatch):
 
 
 def test_a_failing_forward_fails_its_request_and_the_next_one_runs(service, monkeypatch):
-    real, calls = service.model.forward, []
-
-    def forward(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("injected failure")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service.model, "forward", forward)
-    req = service.request(service.plain_ids("def g():"), max_new_tokens=4)
+    req = service.request(service.plain_ids("def poisoned_request():"), max_new_tokens=4)
+    hits = poison(service.model, monkeypatch, list(req.prompt_ids))
     with pytest.raises(ServingError, match="generation failed: .*injected failure") as err:
         generate(service, req)
-    assert err.value.kind == "internal"
-    monkeypatch.setattr(service.model, "forward", real)
-    assert generate(service, req).completion_tokens > 0
+    assert err.value.kind == "internal" and hits
+    assert generate(service, req).completion_tokens > 0  # the same request again: served
     assert service.engine.in_flight == 0
 
 
@@ -192,3 +184,15 @@ def test_streamed_text_of_a_long_answer_is_its_whole_decode(service, kind):
     whole = tok.decode(ids, skip_special_tokens=True) if kind == "chat" else tok.decode_infilling(ids,
                                                                                                   stop_at_eot=False)
     assert text == whole
+
+
+def test_auto_picks_eager_on_cpu_and_continuous_on_a_gpu(service):
+    from codellama_hf.serving.eager import EagerEngine
+    from codellama_hf.serving.loading import choose_engine, make_engine
+
+    assert choose_engine(service.model) == "eager" and type(make_engine(service.model)) is EagerEngine
+
+    class OnGpu:
+        device = torch.device("cuda", 0)
+
+    assert choose_engine(OnGpu()) == "continuous"

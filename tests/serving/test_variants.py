@@ -55,7 +55,7 @@ def test_plain_completion_still_works_there(python_server):
 
 def test_70b_instruct_chats_in_source_step_turns_and_stops_at_step(converted_checkpoint):
     folder = converted_checkpoint("CodeLlama-70b-Instruct")
-    service = load_service(folder, kv_cache_tokens=KV_CACHE_TOKENS)
+    service = load_service(folder, engine="continuous", kv_cache_tokens=KV_CACHE_TOKENS)
     try:
         meta = MetaReference(folder / "tokenizer.model")
         chat = [{"role": "system", "content": "Answer in Python."}, {"role": "user", "content": "Sort a list."}]

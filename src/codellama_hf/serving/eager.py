@@ -120,8 +120,10 @@ class EagerEngine(Engine):
                 processors.append(TopPLogitsWarper(s.top_p))
             processors.append(SampleWithGenerator(s.seed))
         stops = sorted(request.stop_ids)
+        # No stop ids (llama.cpp's ignore_eos): generate would fall back to the model's own EOS ids, so those are
+        # held off for the whole budget instead, as llama.cpp biases EOS away.
         config = GenerationConfig(max_new_tokens=request.max_new_tokens, do_sample=False,
-                                  eos_token_id=stops or None,
+                                  eos_token_id=stops or None, min_new_tokens=None if stops else request.max_new_tokens,
                                   pad_token_id=stops[0] if stops else self.model.config.eos_token_id)
         streamer = _ToSubmission(sub)
         self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
