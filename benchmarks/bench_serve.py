@@ -4,12 +4,13 @@ Each client sends llama.cpp /infill requests (a gap cut from the standard librar
 before and 300 after), one after another, each generating exactly --new-tokens tokens (ignore_eos), to a server
 running in this process (uvicorn on a thread, HTTP on 127.0.0.1). The baseline is the hand-written in-process loop:
 Meta's infilling prompt ids, then `model.generate` (greedy, batch 1), one request after another. Rows per engine:
-requests/s, aggregate generated tokens/s, and p50/p95 latency of one request.
+requests/s, aggregate generated tokens/s, and p50/p95 latency of one request. Every row runs once untimed, then
+timed, on the same requests.
 
 The model has random weights in CodeLlama-7b's structure: --shape small (hidden 1024, 4 layers, 16 heads, the real
 32016-piece vocabulary: 116M parameters, a realistic size for CPU) or --shape 7b (the real 7B shape, for a GPU).
 
-    .venv/bin/python benchmarks/bench_serve.py                                   # CPU, about 5 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_serve.py                                   # CPU, a few minutes on 2 cores
     .venv/bin/python benchmarks/bench_serve.py --device cuda --shape 7b --requests-per-client 8 --new-tokens 64
 """
 
@@ -129,9 +130,11 @@ def bench_engine(engine_name: str, model, tok, work_for, client_counts, new_toke
     url = f"http://127.0.0.1:{server.port}"
     rows = []
     try:
-        warm = work_for(2, seed=99)
-        asyncio.run(clients_run(url, 2, warm, new_tokens))  # first-batch costs out of the measurement
         for clients in client_counts:
+            # The same row untimed first: PyTorch's CPU kernels pay a first-call cost per tensor shape (each new
+            # prompt length, each new cache length), seconds at this size, which would otherwise land on whichever
+            # row meets a shape first.
+            asyncio.run(clients_run(url, clients, work_for(clients), new_tokens))
             latencies, tokens, wall = asyncio.run(clients_run(url, clients, work_for(clients), new_tokens))
             rows.append(row(f"serve --engine {engine_name}", clients, latencies, tokens, wall))
             print(f"  {engine_name} x{clients}: {rows[-1]['tps']:.1f} tokens/s", flush=True)
@@ -170,11 +173,14 @@ def main() -> None:
 
     prompt_lens = [len(tok.infilling_prompt_ids(*g)) for g in gaps(16)]
     started = time.strftime("%Y-%m-%d %H:%M %Z")
-    in_process(model, tok, gaps(2, seed=99), args.new_tokens)  # warm-up: first-call costs out of the measurement
-    rows = [in_process(model, tok, gaps(max(args.min_requests, args.requests_per_client), seed=0), args.new_tokens)]
+    baseline = gaps(max(args.min_requests, args.requests_per_client), seed=0)
+    in_process(model, tok, baseline, args.new_tokens)  # untimed first, as every row (see bench_engine)
+    rows = [in_process(model, tok, baseline, args.new_tokens)]
     print(f"  in-process: {rows[0]['tps']:.1f} tokens/s", flush=True)
     for name in args.engines.split(","):
         rows += bench_engine(name, model, tok, work_for, client_counts, args.new_tokens)
+    rows.append(in_process(model, tok, baseline, args.new_tokens))  # again at the end: the machine's drift
+    rows[-1]["name"] += " (again, last)"
     params = sum(p.numel() for p in model.parameters())
     print(f"\n{started}; {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"device {args.device}, torch {torch.__version__}")

@@ -230,9 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bitsandbytes quantization (default: %(default)s)")
     p.add_argument("--device-map", metavar="MAP", help="from_pretrained's device_map, e.g. cuda:1 or auto "
                                                        "(default: the GPU if there is one, else cpu)")
-    p.add_argument("--engine", choices=("auto", "continuous", "eager"), default="auto",
-                   help="continuous: Transformers' continuous batching; eager: one generate() at a time; auto "
-                        "(default): continuous on a GPU, eager on CPU, where it measured faster (docs/serving.md)")
+    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
+                   help="continuous: Transformers' continuous batching (default; measured fastest on GPU and CPU, "
+                        "docs/serving.md); eager: one generate() at a time")
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="tokens per continuous-batching step (default: Transformers' choice)")
     p.add_argument("--max-queue", type=int, default=256, metavar="N",
@@ -259,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "({\"input_string\": [...], \"parameters\": {...}}), an infilling request ({\"prefix\", \"suffix\"})\n"
                     "or a prompt ({\"prompt\"}), with optional \"parameters\". OUT.jsonl gets one line per input, in\n"
                     "order: {\"line\": N, \"output\": ...} or {\"line\": N, \"error\": ...}. A rerun resumes after the\n"
-                    "lines already written. Runs on the server's engine (continuous batching on a GPU).\n"
-                    "Needs the serve extra.",
+                    "lines already written. Runs on continuous batching, as the server does. Needs the serve\n"
+                    "extra.",
         **examples(f"{PROG} generate --input requests.jsonl --output answers.jsonl ~/hf/CodeLlama-7b",
                    f"{PROG} generate --input gaps.jsonl --output middles.jsonl --max-new-tokens 64 ~/hf/CodeLlama-13b"))
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted folder")
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto")
     p.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none")
     p.add_argument("--device-map", metavar="MAP")
-    p.add_argument("--engine", choices=("auto", "continuous", "eager"), default="auto",
+    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
                    help="as for serve (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, metavar="N")
     p.add_argument("--kv-cache-tokens", type=int, metavar="N")

@@ -63,8 +63,7 @@ def start_server(load, *, ready: bool = True, **options) -> LiveServer:
 
 
 def loader(folder, **options):
-    """Loads `folder` for a test server; continuous batching unless `engine=` says otherwise (on CPU the CLI's auto
-    would pick eager, and continuous batching is what GPU users run)."""
+    """Loads `folder` for a test server (continuous batching unless `engine=` says otherwise)."""
     from codellama_hf.serving import load_service
 
     options = {"engine": "continuous", "kv_cache_tokens": KV_CACHE_TOKENS, **options}

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import instruct_folder, loader, poison, start_server  # noqa: F401 - a fixture
+from .conftest import loader, poison, start_server
 
 GAPS = [(f"def f{i}(x):\n    y = x * {i}\n", f"\n    return y + {i}\n") for i in range(16)]
 

@@ -8,7 +8,6 @@ import contextlib
 import time
 
 import pytest
-import torch
 
 from codellama_hf.serving import load_service
 from codellama_hf.serving.engine import Engine
@@ -184,15 +183,3 @@ def test_streamed_text_of_a_long_answer_is_its_whole_decode(service, kind):
     whole = tok.decode(ids, skip_special_tokens=True) if kind == "chat" else tok.decode_infilling(ids,
                                                                                                   stop_at_eot=False)
     assert text == whole
-
-
-def test_auto_picks_eager_on_cpu_and_continuous_on_a_gpu(service):
-    from codellama_hf.serving.eager import EagerEngine
-    from codellama_hf.serving.loading import choose_engine, make_engine
-
-    assert choose_engine(service.model) == "eager" and type(make_engine(service.model)) is EagerEngine
-
-    class OnGpu:
-        device = torch.device("cuda", 0)
-
-    assert choose_engine(OnGpu()) == "continuous"

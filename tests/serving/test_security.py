@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from .conftest import instruct_folder, loader, start_server  # noqa: F401 - instruct_folder is a fixture
+from .conftest import loader, start_server
 
 KEYS = ("key-one", "key-two")
 LIMIT = 2048

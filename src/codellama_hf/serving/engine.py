@@ -10,9 +10,9 @@ around it:
   generator;
 - stop strings are found in the decoded text by the server (text.py), which then cancels the request.
 
-Measured on CPU (benchmarks/bench_serve.py, docs/serving.md): continuous batching beats one-at-a-time eager
-`generate` there too, at every concurrency, once the model is of a realistic size, so it is the default on every
-device; `--engine eager` remains for comparison and for setups it cannot run (e.g. a model split over devices).
+Continuous batching is the default on every device. On CPU, too, it measured within 13% of one-at-a-time eager
+`generate` for one client and 1.4x/2.1x ahead for 4/16 clients (benchmarks/bench_serve.py, table in
+docs/serving.md); `--engine eager` remains for comparison and as a fallback.
 """
 
 from __future__ import annotations
