@@ -49,6 +49,68 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving():
+    """The serving package, or a one-line error naming the extra it needs."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        from codellama_hf.errors import UserInputError
+
+        raise UserInputError(f"{e.name} is not installed; serving needs the serve extra: "
+                             f"pip install 'codellama-hf[serve]'") from None
+    import codellama_hf.serving as serving
+
+    return serving
+
+
+def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    keys = list(args.api_key or [])
+    if args.api_key_file:
+        from codellama_hf.errors import UserInputError
+
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                keys += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as e:
+            raise UserInputError(f"cannot read --api-key-file {args.api_key_file!r}: {e.strerror}") from None
+        if not keys:
+            raise UserInputError(f"--api-key-file {args.api_key_file!r} holds no key; write one key per line")
+    return tuple(keys)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    serving = _serving()
+    keys = _api_keys(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        print(f"{PROG} serve: warning: listening on {args.host} with no --api-key: anyone who can reach port "
+              f"{args.port} can use the model", file=sys.stderr)
+    options = serving.ServeOptions(api_keys=keys, cors_origins=tuple(args.cors_origins or ()),
+                                   max_body_bytes=args.max_body_bytes)
+    serving.serve(args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level,
+                  dtype=args.dtype, quantization=args.quantization, device_map=args.device_map, engine=args.engine,
+                  max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
+                  kv_cache_tokens=args.kv_cache_tokens, model_id=args.model_name)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    serving = _serving()
+    service = serving.load_service(args.model_dir, dtype=args.dtype, quantization=args.quantization,
+                                   device_map=args.device_map, engine=args.engine, max_queue=max(args.concurrency, 1),
+                                   max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens)
+    try:
+        s = serving.run_batch(service, args.input, args.output, default_max_new_tokens=args.max_new_tokens,
+                              concurrency=args.concurrency, quiet=args.quiet)
+    finally:
+        service.engine.stop()
+    if not args.quiet:
+        resumed = f"; {s.skipped} lines were already there" if s.skipped else ""
+        print(f"wrote {s.written} lines to {args.output} ({s.errors} errors), {s.tokens} tokens in {s.seconds:.1f} s "
+              f"({s.tokens / max(s.seconds, 1e-9):.1f} tokens/s){resumed}", file=sys.stderr)
+    return 0  # bad lines are records in the output, not a failed job
+
+
 def examples(*lines: str) -> dict:
     """add_parser/ArgumentParser keywords for a help text that ends in examples, laid out as written."""
     return {"epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
@@ -151,6 +213,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
                    help="tokens to generate per step (default: %(default)s)")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser(
+        "serve", help="serve a converted folder over HTTP: OpenAI, llama.cpp, TGI and the model card's /score",
+        description="Serve MODEL_DIR (a `codellama-hf convert` output) to editors and clients: OpenAI\n"
+                    "/v1/completions (suffix = infilling), /v1/chat/completions, /v1/models; llama.cpp /infill and\n"
+                    "/completion; TGI /generate and /generate_stream; the model card's /score; /health.\n"
+                    "Prompts are Meta's exact ids. Needs the serve extra: pip install 'codellama-hf[serve]'.\n"
+                    "See docs/serving.md for each endpoint and editor.",
+        **examples(f"{PROG} serve ~/hf/CodeLlama-7b-Instruct",
+                   f"{PROG} serve ~/hf/CodeLlama-13b --port 8012 --dtype bfloat16     # llama.vim's default port",
+                   f"{PROG} serve ~/hf/CodeLlama-34b --quantization 4bit --api-key-file ~/.codellama-keys",
+                   f"{PROG} serve ~/hf/CodeLlama-7b --host 0.0.0.0 --api-key \"$KEY\" --cors-origins localhost"))
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
+                                                       "only)")
+    p.add_argument("--port", type=int, default=8080, help="(default: %(default)s)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="weights' dtype; auto = bfloat16 on a GPU, float32 on CPU (default: %(default)s)")
+    p.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
+                   help="bitsandbytes quantization (default: %(default)s)")
+    p.add_argument("--device-map", metavar="MAP", help="from_pretrained's device_map, e.g. cuda:1 or auto "
+                                                       "(default: the GPU if there is one, else cpu)")
+    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
+                   help="continuous: Transformers' continuous batching (default; measured fastest on GPU and CPU, "
+                        "docs/serving.md); eager: one generate() at a time")
+    p.add_argument("--max-batch-tokens", type=int, metavar="N",
+                   help="tokens per continuous-batching step (default: Transformers' choice)")
+    p.add_argument("--max-queue", type=int, default=256, metavar="N",
+                   help="requests queued or running at once; more get 429 with Retry-After (default: %(default)s)")
+    p.add_argument("--kv-cache-tokens", type=int, metavar="N",
+                   help="size of the paged KV cache in tokens; also the longest prompt + answer (default: "
+                        "Transformers' choice from free memory)")
+    p.add_argument("--api-key", action="append", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' or 'X-Api-Key: KEY' on every endpoint but /health; "
+                        "repeat for several keys")
+    p.add_argument("--api-key-file", metavar="PATH", help="keys from a file, one a line (keeps them out of `ps`)")
+    p.add_argument("--cors-origins", action="append", metavar="ORIGIN",
+                   help="let web pages from ORIGIN call the server (off by default); 'localhost' admits localhost, "
+                        "127.0.0.1 and [::1] on any port; repeatable")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, metavar="N",
+                   help="larger request bodies get 413 (default: %(default)s)")
+    p.add_argument("--model-name", metavar="NAME", help="the id /v1/models reports (default: the variant)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
+    p.set_defaults(run=_serve)
+
+    p = sub.add_parser(
+        "generate", help="batch generation: a JSONL file of requests in, a JSONL file of answers out",
+        description="The model card's batch endpoint. Each line of IN.jsonl is the model card's input_data\n"
+                    "({\"input_string\": [...], \"parameters\": {...}}), an infilling request ({\"prefix\", \"suffix\"})\n"
+                    "or a prompt ({\"prompt\"}), with optional \"parameters\". OUT.jsonl gets one line per input, in\n"
+                    "order: {\"line\": N, \"output\": ...} or {\"line\": N, \"error\": ...}. A rerun resumes after the\n"
+                    "lines already written. Runs on continuous batching, as the server does. Needs the serve\n"
+                    "extra.",
+        **examples(f"{PROG} generate --input requests.jsonl --output answers.jsonl ~/hf/CodeLlama-7b",
+                   f"{PROG} generate --input gaps.jsonl --output middles.jsonl --max-new-tokens 64 ~/hf/CodeLlama-13b"))
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted folder")
+    p.add_argument("--input", required=True, metavar="IN.jsonl", help="one JSON request per line")
+    p.add_argument("--output", required=True, metavar="OUT.jsonl", help="answers, appended to (resumed) if present")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                   help="for lines whose parameters do not say (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=64, metavar="N",
+                   help="requests in the engine at once (default: %(default)s)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto")
+    p.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none")
+    p.add_argument("--device-map", metavar="MAP")
+    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
+                   help="as for serve (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=int, metavar="N")
+    p.add_argument("--kv-cache-tokens", type=int, metavar="N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(run=_generate)
     return parser
 
 

@@ -1,0 +1,187 @@
+"""The FastAPI app: the API modules' routes, plus what every request passes first: API keys, the body-size limit,
+503 while the model loads, CORS, and errors in the shape of the API the path belongs to."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import llamacpp_api, openai_api, score_api, tgi_api
+from .httputil import ApiShape, validation_error
+from .requests import ServingError
+from .service import Service
+
+logger = logging.getLogger(__name__)
+
+# Most specific first: /infill's 501 differs from /completion's shape.
+SHAPES: tuple[ApiShape, ...] = (llamacpp_api.INFILL_SHAPE, llamacpp_api.SHAPE, tgi_api.SHAPE, score_api.SHAPE,
+                                openai_api.SHAPE)
+UNGUARDED = ("/health",)  # answers without a key, and while loading
+# `--cors-origins localhost`: these hosts on any port, http or https; nothing else (not localhost.evil.com)
+LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
+
+
+def shape_for(path: str) -> ApiShape:
+    for shape in SHAPES:
+        if any(path == p or (p.endswith("/") and path.startswith(p)) for p in shape.paths):
+            return shape
+    return openai_api.SHAPE
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # "localhost" for local pages on any port; else exact origins
+    max_body_bytes: int = 4 * 2**20  # editors send context chunks; 4 MiB is far above what they send
+
+
+class Gate:
+    """ASGI middleware: API key, body size (read up to the limit, then replayed to the app) and readiness."""
+
+    def __init__(self, app, *, owner: FastAPI, options: ServeOptions):
+        self.app, self.owner, self.options = app, owner, options
+        self.keys = [k.encode() for k in options.api_keys]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in UNGUARDED or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        shape = shape_for(scope["path"])
+        headers = dict(scope["headers"])
+        if self.keys and not self._authorized(headers):
+            error = ServingError("missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
+                                 kind="auth")
+            return await shape.response(error)(scope, receive, send)
+        body, too_large = b"", False
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body, too_large = await self._read_body(headers, receive)
+        if too_large:
+            error = ServingError(f"the request body is over {self.options.max_body_bytes} bytes (--max-body-bytes); "
+                                 f"send less context", kind="too_large")
+            return await shape.response(error)(scope, receive, send)
+        state = self.owner.state
+        if state.service is None:
+            error = (ServingError(f"the model failed to load: {state.load_error}", kind="internal")
+                     if state.load_error else ServingError("the model is loading; retry in a few seconds",
+                                                           kind="unavailable"))
+            return await shape.response(error)(scope, receive, send)
+        await self.app(scope, self._replay(body, receive), send)
+
+    def _authorized(self, headers: dict) -> bool:
+        offered = []
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            offered.append(auth[7:].strip())
+        if b"x-api-key" in headers:
+            offered.append(headers[b"x-api-key"].strip())
+        return any(hmac.compare_digest(o, k) for o in offered for k in self.keys)
+
+    async def _read_body(self, headers: dict, receive) -> tuple[bytes, bool]:
+        limit = self.options.max_body_bytes
+        try:
+            if int(headers.get(b"content-length", b"0")) > limit:
+                return b"", True
+        except ValueError:
+            pass
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return b"", True
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks), False
+
+    @staticmethod
+    def _replay(body: bytes, receive):
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later: http.disconnect, which streaming and disconnect checks wait for
+
+        return replay
+
+
+def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions()) -> FastAPI:
+    """The app; `load` runs on a thread at startup (the server answers 503 until it returns)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        def run():
+            try:
+                app.state.service = load()
+                logger.info("ready: %s", app.state.service.model_id)
+            except Exception as e:  # noqa: BLE001 - reported by /health and every endpoint, and logged
+                logger.exception("loading failed")
+                app.state.load_error = f"{type(e).__name__}: {e}"
+
+        loader = threading.Thread(target=run, name="codellama-load", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            loader.join(timeout=0.1)
+            if app.state.service is not None:
+                app.state.service.engine.stop()
+
+    app = FastAPI(title="codellama-hf", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service, app.state.load_error, app.state.started = None, None, int(time.time())
+    for module in (openai_api, llamacpp_api, tgi_api, score_api):
+        app.include_router(module.router)
+
+    @app.get("/health")
+    async def health():
+        if app.state.service is not None:
+            return {"status": "ok", "model": app.state.service.model_id}
+        if app.state.load_error:
+            return JSONResponse({"status": "error", "error": app.state.load_error}, status_code=500)
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, exc: ServingError):
+        return shape_for(request.url.path).response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return shape_for(request.url.path).response(validation_error(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        kind = {404: "not_found", 405: "method"}.get(exc.status_code, "invalid")
+        message = (f"no endpoint {request.method} {request.url.path}; see docs/serving.md for the endpoints"
+                   if exc.status_code in (404, 405) else str(exc.detail))
+        return shape_for(request.url.path).response(ServingError(message, kind=kind), status=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        logger.exception("request failed")
+        error = ServingError(f"internal error: {type(exc).__name__}: {exc}", kind="internal")
+        return shape_for(request.url.path).response(error)
+
+    app.add_middleware(Gate, owner=app, options=options)
+    if options.cors_origins:  # off by default: a web page cannot reach the server unless told
+        exact = [o for o in options.cors_origins if o != "localhost"]
+        app.add_middleware(CORSMiddleware, allow_origins=exact,
+                           allow_origin_regex=LOCAL_ORIGINS if "localhost" in options.cors_origins else None,
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "X-Api-Key"], max_age=600)
+    return app

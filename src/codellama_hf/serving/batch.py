@@ -1,0 +1,187 @@
+"""`codellama-hf generate`: the model card's batch endpoint, a JSONL file in and a JSONL file out, on the same
+engine as the server (Transformers' continuous batching), with no HTTP in between.
+
+Each input line is one of
+  {"input_string": [...], "parameters": {...}}   the model card's input_data  -> "output": [{"0": text}, ...]
+  {"prefix": ..., "suffix": ...}                 infilling                    -> "output": {"infill", "generated_text"}
+  {"prompt": ...}                                a plain completion           -> "output": {"generated_text"}
+with an optional "parameters" object (max_new_tokens, temperature, top_p, top_k, do_sample, stop, return_full_text).
+Each output line is {"line": N, "output": ...} or {"line": N, "error": "..."}, in input order. A rerun keeps the
+complete lines already written (dropping a torn last line) and goes on after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserInputError
+from .requests import ServingError
+from .score_api import Parameters
+from .service import Service
+
+
+@dataclass
+class BatchSummary:
+    total: int  # input lines
+    skipped: int  # already in the output (resumed)
+    written: int
+    errors: int
+    tokens: int  # generated
+    seconds: float
+
+
+def completed_lines(output: Path) -> int:
+    """How many records the output holds as lines 1..k, in order; cuts off anything after them (a torn line)."""
+    if not output.exists():
+        return 0
+    done, keep = 0, 0
+    with open(output, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                break
+            if not raw.endswith(b"\n") or not isinstance(record, dict) or record.get("line") != done + 1:
+                break
+            done += 1
+            keep += len(raw)
+    if keep != output.stat().st_size:
+        with open(output, "r+b") as f:
+            f.truncate(keep)
+    return done
+
+
+def _parameters(record: dict, default_max_new_tokens: int) -> Parameters:
+    raw = record.get("parameters") or {}
+    if not isinstance(raw, dict):
+        raise ServingError("\"parameters\" must be an object")
+    try:
+        return Parameters(**{"max_new_tokens": default_max_new_tokens, **raw})
+    except ValueError as e:  # pydantic's ValidationError
+        first = e.errors()[0] if hasattr(e, "errors") else {"loc": (), "msg": str(e)}
+        raise ServingError(f"parameters.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _plan(service: Service, text: str, default_max_new_tokens: int):
+    """(requests, shape) for one input line; raises ServingError for a bad line."""
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise ServingError(f"not JSON ({e}); write one JSON object per line") from None
+    if not isinstance(record, dict):
+        raise ServingError("a line must be a JSON object with \"input_string\", \"prefix\"/\"suffix\" or \"prompt\"")
+    if "input_data" in record and isinstance(record["input_data"], dict):  # the whole /score body
+        record = {**record["input_data"], **({"parameters": record["parameters"]} if "parameters" in record else {})}
+    params = _parameters(record, default_max_new_tokens)
+    common = dict(max_new_tokens=params.max_new_tokens, sampling=params.sampling(), stop=params.stop,
+                  param="parameters.max_new_tokens")
+    if "input_string" in record:
+        inputs = record["input_string"]
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
+            raise ServingError("\"input_string\" must be a non-empty list of strings")
+        return [service.request(service.plain_ids(s), decode="continue", **common) for s in inputs], ("card", record,
+                                                                                                      params)
+    if "prefix" in record or "suffix" in record:
+        prefix, suffix = record.get("prefix"), record.get("suffix")
+        if not isinstance(prefix, str) or not isinstance(suffix, str):
+            raise ServingError("an infilling line needs string \"prefix\" and \"suffix\"")
+        ids = service.infill_ids(prefix, suffix, max_prompt_tokens=record.get("max_prompt_tokens"))
+        return [service.request(ids, decode="infill", **common)], ("infill", record, params)
+    if isinstance(record.get("prompt"), str):
+        return [service.request(service.plain_ids(record["prompt"]), decode="continue", **common)], ("prompt", record,
+                                                                                                   params)
+    raise ServingError("a line needs \"input_string\" (the model card's input_data), \"prefix\" and \"suffix\", or "
+                       "\"prompt\"")
+
+
+def _output(shape, dones) -> object:
+    kind, record, params = shape
+    if kind == "card":
+        return [{str(i): (s if params.return_full_text else "") + d.text}
+                for i, (s, d) in enumerate(zip(record["input_string"], dones))]
+    if kind == "infill":
+        middle = dones[0].text
+        return {"infill": middle, "generated_text": record["prefix"] + middle + record["suffix"]}
+    return {"generated_text": (record["prompt"] if params.return_full_text else "") + dones[0].text}
+
+
+async def _run(service: Service, lines: list[str], first: int, out, *, default_max_new_tokens: int,
+               concurrency: int, progress) -> tuple[int, int, int]:
+    written = errors = tokens = 0
+    pending: dict[int, asyncio.Task] = {}
+    next_to_write = first
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(number: int, text: str) -> dict:
+        async with semaphore:
+            try:
+                requests, shape = _plan(service, text, default_max_new_tokens)
+                while True:
+                    try:
+                        runs = [service.start(r) for r in requests]
+                        break
+                    except ServingError as e:
+                        if e.kind != "overloaded":
+                            raise
+                        await asyncio.sleep(0.05)  # the engine's queue is shared with nobody here: wait for room
+                dones = [await run.result() for run in runs]
+                return {"line": number, "output": _output(shape, dones),
+                        "_tokens": sum(d.completion_tokens for d in dones)}
+            except ServingError as e:
+                return {"line": number, "error": e.message}
+
+    window = 2 * concurrency  # lines in flight or finished but waiting for an earlier one; bounds memory
+    end, queued = first + len(lines), first
+    start = time.perf_counter()
+    while next_to_write < end:
+        while queued < end and queued < next_to_write + window:
+            pending[queued] = asyncio.ensure_future(one(queued, lines[queued - first]))
+            queued += 1
+        record = await pending.pop(next_to_write)
+        tokens += record.pop("_tokens", 0)
+        errors += "error" in record
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+        written += 1
+        next_to_write += 1
+        if progress is not None:
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            progress.set_postfix_str(f"{tokens / elapsed:.1f} tokens/s", refresh=False)
+            progress.update(1)
+    return written, errors, tokens
+
+
+def run_batch(service: Service, input_path, output_path, *, default_max_new_tokens: int = 128,
+              concurrency: int = 64, quiet: bool = False) -> BatchSummary:
+    """Generate for every line of `input_path` into `output_path`, resuming after the lines already there."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise UserInputError(f"no input file {str(input_path)!r}; pass a JSONL file, one request per line")
+    if input_path.resolve() == output_path.resolve():
+        raise UserInputError("--input and --output are the same file; write the output elsewhere")
+    lines = input_path.read_text(encoding="utf-8").splitlines()
+    done = completed_lines(output_path)
+    if done > len(lines):
+        raise UserInputError(f"{str(output_path)!r} already holds {done} lines but the input has {len(lines)}; it is "
+                             f"the output of another input: pass a new --output")
+    todo = lines[done:]
+    start = time.perf_counter()
+    progress = None
+    if not quiet:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(lines), initial=done, unit="line", desc="generate", dynamic_ncols=True)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(output_path, "a", encoding="utf-8") as out, (progress or contextlib.nullcontext()):
+        written, errors, tokens = asyncio.run(_run(service, todo, done + 1, out,
+                                                   default_max_new_tokens=default_max_new_tokens,
+                                                   concurrency=max(1, concurrency), progress=progress))
+        os.fsync(out.fileno())
+    return BatchSummary(total=len(lines), skipped=done, written=written, errors=errors, tokens=tokens,
+                        seconds=time.perf_counter() - start)

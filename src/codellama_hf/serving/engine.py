@@ -1,0 +1,273 @@
+"""Engines: where a GenerationRequest becomes token ids. The default is Transformers' continuous batching.
+
+`ContinuousEngine` hands every request to one `ContinuousBatchingManager` (`model.init_continuous_batching`):
+concurrent requests share each forward pass, with no batching code of ours. What the manager cannot do is done
+around it:
+- sampling is one switch for the whole manager, so it samples always, with per-request temperature/top-k/top-p
+  (its `per_request_processors`), and a greedy request asks for top_k=1, which keeps only the argmax;
+- its sampler draws from one generator for the whole batch, so a seed cannot make one request repeatable: a
+  sampled request with a seed goes to an `EagerEngine` lane (eager.py), which samples with the request's own
+  generator;
+- stop strings are found in the decoded text by the server (text.py), which then cancels the request.
+
+Continuous batching is the default on every device. On CPU, too, it measured within 13% of one-at-a-time eager
+`generate` for one client and 1.4x/2.1x ahead for 4/16 clients (benchmarks/bench_serve.py, table in
+docs/serving.md); `--engine eager` remains for comparison and as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+from .requests import GenerationRequest, QueueFull, ServingError
+
+logger = logging.getLogger(__name__)
+
+# Manager-wide sampling defaults. Every request passes its own values, so these only have to differ from "off":
+# the manager builds a per-request warper only for the settings that are on at creation.
+_CB_DEFAULTS = dict(do_sample=True, temperature=0.5, top_p=0.5, top_k=50)
+
+
+class Submission:
+    """One request inside an engine: an async stream of new ids, then a finish reason ("stop" or "length").
+
+    Engines call `push`/`finish`/`fail` from any thread through `threadsafe`; the server iterates `new_ids()` on
+    the event loop and calls `cancel()` when it no longer wants tokens (a stop string, a disconnect).
+    """
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, *, on_cancel: Callable,
+                 on_end: Callable):
+        self.request = request
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.cancelled = threading.Event()
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._on_cancel, self._on_end = on_cancel, on_end  # the admitting engine's: free the slot
+        self._closed = False
+        self.key: int | None = None  # the engine's bookkeeping: its admission key, its manager's request id,
+        self.rid: str | None = None  # and how many generated ids were already pushed
+        self.seen = 0
+
+    # engine side (event loop thread)
+    def push(self, ids: list[int]) -> None:
+        if ids and not self._closed:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self._queue.put_nowait(("ids", ids))
+
+    def finish(self, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self.finish_reason = reason
+            self._on_end(self)
+            self._queue.put_nowait(("end", None))
+
+    def fail(self, error: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self.error = error
+            self._on_end(self)
+            self._queue.put_nowait(("end", None))
+
+    def threadsafe(self, method: Callable, *args) -> None:
+        """Call push/finish/fail from an engine thread."""
+        try:
+            self._loop.call_soon_threadsafe(method, *args)
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            pass
+
+    # server side
+    @property
+    def done(self) -> bool:
+        return self._closed
+
+    async def new_ids(self) -> AsyncIterator[list[int]]:
+        while True:
+            kind, ids = await self._queue.get()
+            if kind == "end":
+                if self.error is not None:
+                    raise ServingError(f"generation failed: {self.error}", kind="internal")
+                return
+            yield ids
+
+    def cancel(self) -> None:
+        """Stop generating for this request (idempotent, and a no-op once it ended); its capacity is free at once."""
+        if self._closed:
+            return
+        self._closed = True
+        self.finish_reason = "cancelled"
+        self.cancelled.set()
+        self._on_cancel(self)
+        self._queue.put_nowait(("end", None))
+
+
+class Engine:
+    """Admission (--max-queue) and bookkeeping shared by the engines; subclasses generate."""
+
+    name = "engine"
+
+    def __init__(self, *, max_queue: int):
+        self.max_queue = max_queue
+        self._active: dict[int, Submission] = {}
+        self._ids = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    def submit(self, request: GenerationRequest) -> Submission:
+        """Queue `request`; called on the event loop. Raises QueueFull at --max-queue requests in flight."""
+        if len(self._active) >= self.max_queue:
+            raise QueueFull(self.max_queue)
+        key = next(self._ids)
+        sub = Submission(request, asyncio.get_running_loop(), on_cancel=self._cancel, on_end=self._release)
+        sub.key = key
+        self._active[key] = sub
+        try:
+            self._start(sub)
+        except BaseException:
+            self._active.pop(key, None)
+            raise
+        return sub
+
+    def _release(self, sub: Submission) -> None:
+        self._active.pop(sub.key, None)
+
+    def _start(self, sub: Submission) -> None:
+        raise NotImplementedError
+
+    def _cancel(self, sub: Submission) -> None:
+        self._release(sub)
+
+    def start(self) -> None:
+        """Get ready (blocking: called while the server answers 503)."""
+
+    def stop(self) -> None:
+        """Stop generating and free the device."""
+
+
+class ContinuousEngine(Engine):
+    """Transformers' continuous batching for every request but seeded sampling (see the module docstring)."""
+
+    name = "continuous"
+
+    def __init__(self, model, *, max_queue: int = 256, max_batch_tokens: int | None = None,
+                 kv_cache_tokens: int | None = None, page_size: int = 256, eager_lane=None):
+        super().__init__(max_queue=max_queue)
+        self.model = model
+        self.max_batch_tokens, self.kv_cache_tokens, self.page_size = max_batch_tokens, kv_cache_tokens, page_size
+        self._eager_lane = eager_lane  # an EagerEngine for seeded sampling; made on first use when None
+        self._manager = None
+        self._rids: dict[str, Submission] = {}
+        self._lock = threading.Lock()
+
+    # ----- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._manager = self._new_manager()
+
+    def _new_manager(self):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        num_blocks = None if self.kv_cache_tokens is None else -(-self.kv_cache_tokens // self.page_size)
+        cb_config = ContinuousBatchingConfig(page_size=self.page_size, num_blocks=num_blocks,
+                                             max_batch_tokens=self.max_batch_tokens, per_request_processors=True,
+                                             max_queue_size=0)  # admission is ours (--max-queue)
+        gen_config = GenerationConfig(**_CB_DEFAULTS, eos_token_id=-1)  # stop ids come with each request
+        manager = self.model.init_continuous_batching(generation_config=gen_config,
+                                                      continuous_batching_config=cb_config)
+        if self.model.device.type == "cuda":
+            manager.warmup()  # captures CUDA graphs at the largest sizes before the first client waits for them
+        manager.start()
+        return manager
+
+    def stop(self) -> None:
+        if self._manager is not None:
+            self._manager.stop(block=True, timeout=10)
+            self._manager = None
+        if self._eager_lane is not None:
+            self._eager_lane.stop()
+
+    def _ensure_running(self, *, restart: bool = False):
+        # A forward pass that raises stops the manager's thread (after failing the requests it held); later
+        # requests get a new manager, so one bad batch does not take the server down.
+        manager = self._manager
+        healthy = (manager is not None and manager.is_running()
+                   and manager.background_thread_status.can_accept_new_requests() is None)
+        if restart or not healthy:
+            logger.warning("the continuous batching loop had stopped; starting a new one")
+            if manager is not None:
+                manager.stop(block=True, timeout=10)
+            self._manager = self._new_manager()
+        return self._manager
+
+    # ----- requests -------------------------------------------------------------------------------------------
+    def _lane(self):
+        if self._eager_lane is None:
+            from .eager import EagerEngine
+
+            self._eager_lane = EagerEngine(self.model, max_queue=self.max_queue)
+            self._eager_lane.start()
+        return self._eager_lane
+
+    def _start(self, sub: Submission) -> None:
+        request = sub.request
+        if not request.sampling.greedy and request.sampling.seed is not None:
+            self._lane()._run_for(sub)  # sub stays ours: it frees our slot when it ends
+            return
+        rid = f"cl{sub.key}"
+        sub.rid = rid
+        self._rids[rid] = sub
+        s = request.sampling
+        kwargs = (dict(top_k=1, temperature=1.0, top_p=1.0) if s.greedy else
+                  dict(temperature=float(s.temperature), top_p=float(s.top_p),
+                       top_k=int(s.top_k) if s.top_k > 0 else int(self.model.config.vocab_size)))
+        for attempt in range(2):
+            manager = self._ensure_running(restart=attempt > 0)
+            manager.register_result_handler(rid, lambda output, sub=sub: self._on_output(sub, output))
+            got = manager.add_request(list(request.prompt_ids), request_id=rid,
+                                      max_new_tokens=request.max_new_tokens, streaming=True,
+                                      eos_token_id=sorted(request.stop_ids), **kwargs)
+            if got is not None:
+                return
+        self._forget(rid)  # the manager refused twice (it was stopping): nothing will come for this id
+        raise ServingError("the generation loop is restarting; retry", kind="unavailable")
+
+    def _on_output(self, sub: Submission, output) -> None:
+        """Runs on the event loop (the manager delivers through call_soon_threadsafe)."""
+        if sub.done:
+            return
+        if output.error is not None:
+            self._forget(sub.rid)
+            sub.fail(output.error)
+            return
+        sub.push(output.generated_tokens[sub.seen:])
+        sub.seen = len(output.generated_tokens)
+        if output.is_finished():
+            self._forget(sub.rid)
+            last = output.generated_tokens[-1] if output.generated_tokens else None
+            sub.finish("stop" if last in sub.request.stop_ids else "length")
+
+    def _forget(self, rid: str) -> None:
+        self._rids.pop(rid, None)
+        manager = self._manager
+        if manager is not None:  # a cancelled request never finishes, so its handler would stay registered
+            with manager.output_router._lock:
+                manager.output_router.result_handlers.pop(rid, None)
+
+    def _cancel(self, sub: Submission) -> None:
+        self._release(sub)
+        rid = sub.rid
+        if rid is None:  # it ran in the eager lane, whose worker sees sub.cancelled
+            return
+        self._forget(rid)
+        if self._manager is not None:
+            self._manager.cancel_request(rid)
