@@ -10,7 +10,7 @@ import time
 import pytest
 
 from codellama_hf.serving import load_service
-from codellama_hf.serving.engine import Engine
+from codellama_hf.serving.base import Engine
 from codellama_hf.serving.requests import QueueFull, Sampling, ServingError
 from codellama_hf.serving.service import Service
 

@@ -115,6 +115,7 @@ def test_chat_streams(client):
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop sequences"),
     ({"prompt": "x", "max_tokens": "lots"}, "max_tokens", "valid integer"),
     ({"messages": []}, "messages", "at least 1 item"),
+    ({"prompt": "<s>[INST] hi [/INST]"}, "prompt", "send the messages to /v1/chat/completions"),
 ])
 def test_bad_values_get_400_naming_the_field(server, body, param, words):
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"

@@ -71,6 +71,12 @@ def test_tgi_validation_errors_are_422(server, parameters, words):
     assert words in r.json()["error"]
 
 
+def test_a_rendered_chat_as_inputs_is_refused_naming_the_fix(server):
+    r = post(server, "/generate", {"inputs": "<s>[INST] x [/INST]", "parameters": {}})
+    assert r.status_code == 422 and "inputs '<s>[INST] x [/INST]'... starts like" in r.json()["error"]
+    assert "/v1/chat/completions" in r.json()["error"] and post(server, "/generate", {"inputs": "x"}).status_code == 200
+
+
 def test_missing_inputs_is_422(server):
     r = post(server, "/generate_stream", {"parameters": {}})
     assert r.status_code == 422 and r.json()["error"].startswith("inputs: Field required")
@@ -104,6 +110,7 @@ def test_score_answers_one_object_per_input_and_takes_parameters_beside(server):
     ({"input_data": {"input_string": []}}, "input_data.input_string: List should have at least 1 item"),
     ({"input_string": ["x"]}, "input_data: Field required"),
     ({"input_data": {"input_string": ["x"], "parameters": {"top_p": 0}}}, "top_p: Input should be greater than 0"),
+    ({"input_data": {"input_string": ["<s>[INST] x [/INST]"]}}, "input_string '<s>[INST] x [/INST]'... starts like"),
 ])
 def test_score_errors_name_the_field(server, body, words):
     r = post(server, "/score", body)

@@ -17,7 +17,7 @@ from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList
                           StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from transformers.generation.streamers import BaseStreamer
 
-from .engine import Engine, Submission
+from .base import Engine, Submission
 
 logger = logging.getLogger(__name__)
 

@@ -17,141 +17,17 @@ docs/serving.md); `--engine eager` remains for comparison and as a fallback.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
 
-from .requests import GenerationRequest, QueueFull, ServingError
+from .base import Engine, Submission
+from .requests import ServingError
 
 logger = logging.getLogger(__name__)
 
 # Manager-wide sampling defaults. Every request passes its own values, so these only have to differ from "off":
 # the manager builds a per-request warper only for the settings that are on at creation.
 _CB_DEFAULTS = dict(do_sample=True, temperature=0.5, top_p=0.5, top_k=50)
-
-
-class Submission:
-    """One request inside an engine: an async stream of new ids, then a finish reason ("stop" or "length").
-
-    Engines call `push`/`finish`/`fail` from any thread through `threadsafe`; the server iterates `new_ids()` on
-    the event loop and calls `cancel()` when it no longer wants tokens (a stop string, a disconnect).
-    """
-
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, *, on_cancel: Callable,
-                 on_end: Callable):
-        self.request = request
-        self.finish_reason: str | None = None
-        self.error: str | None = None
-        self.cancelled = threading.Event()
-        self.submitted_at = time.perf_counter()
-        self.first_token_at: float | None = None
-        self._loop = loop
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._on_cancel, self._on_end = on_cancel, on_end  # the admitting engine's: free the slot
-        self._closed = False
-        self.key: int | None = None  # the engine's bookkeeping: its admission key, its manager's request id,
-        self.rid: str | None = None  # and how many generated ids were already pushed
-        self.seen = 0
-
-    # engine side (event loop thread)
-    def push(self, ids: list[int]) -> None:
-        if ids and not self._closed:
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            self._queue.put_nowait(("ids", ids))
-
-    def finish(self, reason: str) -> None:
-        if not self._closed:
-            self._closed = True
-            self.finish_reason = reason
-            self._on_end(self)
-            self._queue.put_nowait(("end", None))
-
-    def fail(self, error: str) -> None:
-        if not self._closed:
-            self._closed = True
-            self.error = error
-            self._on_end(self)
-            self._queue.put_nowait(("end", None))
-
-    def threadsafe(self, method: Callable, *args) -> None:
-        """Call push/finish/fail from an engine thread."""
-        try:
-            self._loop.call_soon_threadsafe(method, *args)
-        except RuntimeError:  # the loop is gone: nobody is listening any more
-            pass
-
-    # server side
-    @property
-    def done(self) -> bool:
-        return self._closed
-
-    async def new_ids(self) -> AsyncIterator[list[int]]:
-        while True:
-            kind, ids = await self._queue.get()
-            if kind == "end":
-                if self.error is not None:
-                    raise ServingError(f"generation failed: {self.error}", kind="internal")
-                return
-            yield ids
-
-    def cancel(self) -> None:
-        """Stop generating for this request (idempotent, and a no-op once it ended); its capacity is free at once."""
-        if self._closed:
-            return
-        self._closed = True
-        self.finish_reason = "cancelled"
-        self.cancelled.set()
-        self._on_cancel(self)
-        self._queue.put_nowait(("end", None))
-
-
-class Engine:
-    """Admission (--max-queue) and bookkeeping shared by the engines; subclasses generate."""
-
-    name = "engine"
-
-    def __init__(self, *, max_queue: int):
-        self.max_queue = max_queue
-        self._active: dict[int, Submission] = {}
-        self._ids = itertools.count()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._active)
-
-    def submit(self, request: GenerationRequest) -> Submission:
-        """Queue `request`; called on the event loop. Raises QueueFull at --max-queue requests in flight."""
-        if len(self._active) >= self.max_queue:
-            raise QueueFull(self.max_queue)
-        key = next(self._ids)
-        sub = Submission(request, asyncio.get_running_loop(), on_cancel=self._cancel, on_end=self._release)
-        sub.key = key
-        self._active[key] = sub
-        try:
-            self._start(sub)
-        except BaseException:
-            self._active.pop(key, None)
-            raise
-        return sub
-
-    def _release(self, sub: Submission) -> None:
-        self._active.pop(sub.key, None)
-
-    def _start(self, sub: Submission) -> None:
-        raise NotImplementedError
-
-    def _cancel(self, sub: Submission) -> None:
-        self._release(sub)
-
-    def start(self) -> None:
-        """Get ready (blocking: called while the server answers 503)."""
-
-    def stop(self) -> None:
-        """Stop generating and free the device."""
 
 
 class ContinuousEngine(Engine):

@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 
 from ..errors import UserInputError
-from .engine import ContinuousEngine, Engine
+from .base import Engine
+from .engine import ContinuousEngine
 from .service import Service
 
 logger = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ async def score(body: ScoreRequest, request: Request):
     service: Service = request.app.state.service
     params = body.input_data.parameters or body.parameters or Parameters()
     inputs = body.input_data.input_string
-    reqs = [service.request(service.plain_ids(text), max_new_tokens=params.max_new_tokens,
+    reqs = [service.request(service.plain_ids(text, param="input_string"), max_new_tokens=params.max_new_tokens,
                             sampling=params.sampling(), stop=params.stop, decode="continue",
                             param="parameters.max_new_tokens") for text in inputs]
     runs = start_all(service, reqs)

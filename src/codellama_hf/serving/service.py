@@ -16,7 +16,7 @@ from ..errors import UserInputError
 from ..infilling import INFILLING_VARIANTS
 from ..pipelines import code_llama_facts
 from ..tokenization import INSTRUCT_VARIANTS
-from .engine import Engine, Submission
+from .base import Engine, Submission
 from .prompts import extra_context, split_literal_template
 from .requests import DECODES, Delta, Done, GenerationRequest, Sampling, ServingError
 from .text import TextAssembler
@@ -75,9 +75,14 @@ class Service:
         return self.infill_ids(extra_context(extra) + prefix + prompt, suffix, max_prompt_tokens=max_prompt_tokens,
                                param="input_prefix")
 
-    def plain_ids(self, text: str) -> list[int]:
+    def plain_ids(self, text: str, *, param: str = "prompt") -> list[int]:
         """A plain prompt: BOS and the text's own encode. Text never becomes a control id."""
-        return self.tokenizer.encode(text)
+        try:
+            return self.tokenizer.encode(text)
+        except UserInputError:  # the tokenizer refuses text that starts like a rendered chat ('<s>[INST]')
+            raise ServingError(f"{param} {text[:24]!r}... starts like a rendered Code Llama chat, whose '<s>' and '</s>' "
+                               f"would be plain text here; send the messages to /v1/chat/completions", param=param
+                               ) from None
 
     def template_ids(self, prompt: str, *, max_prompt_tokens: int | None = None) -> tuple[list[int], str]:
         """(ids, decode) for llama.cpp's /completion, the one place where the literal `<PRE>`/`<SUF>`/`<MID>` of

@@ -63,7 +63,7 @@ DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default when max_new_tokens is not sent
 
 def _start(service: Service, body: GenerateRequest):
     p = body.parameters
-    req = service.request(service.plain_ids(body.inputs),
+    req = service.request(service.plain_ids(body.inputs, param="inputs"),
                           max_new_tokens=p.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, sampling=p.sampling(),
                           stop=p.stop, decode="continue", param="parameters.max_new_tokens")
     return start_all(service, [req])
