@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 import pytest
@@ -183,3 +184,35 @@ def test_streamed_text_of_a_long_answer_is_its_whole_decode(service, kind):
     whole = tok.decode(ids, skip_special_tokens=True) if kind == "chat" else tok.decode_infilling(ids,
                                                                                                   stop_at_eot=False)
     assert text == whole
+
+
+@pytest.mark.parametrize("sampling", [None, Sampling(temperature=1.0, seed=3)])
+def test_the_eager_engine_on_the_fast_path_gives_the_same_tokens(instruct_folder, sampling, monkeypatch):
+    """On CUDA the eager engine (and the seeded lane) decode on the pipelines' fast path by default; on CPU it runs
+    when asked, uncompiled, and must give the stock loop's tokens, greedy and seeded alike."""
+    from codellama_hf import fast_path
+    from codellama_hf.serving.eager import EagerEngine
+    from codellama_hf.serving.loading import load_model
+
+    calls, real = [], fast_path.fast_sample
+
+    @functools.wraps(real)  # generate reads the custom loop's own keywords from its signature
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_path, "fast_sample", spy)
+    model, tokenizer = load_model(instruct_folder)
+    got = {}
+    for fast in (False, True):
+        engine = EagerEngine(model, fast=fast)
+        engine.start()
+        service = Service(model, tokenizer, engine, folder=instruct_folder)
+        ids = service.infill_ids(PREFIX, SUFFIX)
+        extra = {} if sampling is None else {"sampling": sampling}
+        got[fast] = generate(service, service.request(ids, max_new_tokens=10, decode="infill", **extra)).ids
+        engine.stop()
+        assert len(calls) == int(fast)  # the fast loop ran only when asked
+    assert got[True] == got[False] and got[True]
+    if sampling is None:
+        assert got[True] == reference_greedy(service, service.infill_ids(PREFIX, SUFFIX), 10)

@@ -17,6 +17,7 @@ from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList
                           StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from transformers.generation.streamers import BaseStreamer
 
+from ..fast_path import with_fast_path
 from .base import Engine, Submission
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,10 @@ class _ToSubmission(BaseStreamer):
 class EagerEngine(Engine):
     name = "eager"
 
-    def __init__(self, model, *, max_queue: int = 256):
+    def __init__(self, model, *, max_queue: int = 256, fast: bool | None = None):
         super().__init__(max_queue=max_queue)
         self.model = model
+        self.fast = fast  # the pipelines' fast path (fast_path.py): None is on for CUDA models, as there
         self._jobs: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
 
@@ -126,7 +128,7 @@ class EagerEngine(Engine):
                                   eos_token_id=stops or None, min_new_tokens=None if stops else request.max_new_tokens,
                                   pad_token_id=stops[0] if stops else self.model.config.eos_token_id)
         streamer = _ToSubmission(sub)
-        self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                            logits_processor=processors, stopping_criteria=StoppingCriteriaList([_Cancelled(sub)]),
-                            streamer=streamer)
+        kwargs = dict(attention_mask=torch.ones_like(ids), generation_config=config, logits_processor=processors,
+                      stopping_criteria=StoppingCriteriaList([_Cancelled(sub)]), streamer=streamer)
+        self.model.generate(ids, **with_fast_path(self.model, kwargs, fast=self.fast))
         return "stop" if streamer.ids and streamer.ids[-1] in request.stop_ids else "length"
