@@ -167,3 +167,16 @@ def load_tokenizer():
         return cache[key]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def inst(tiny_vocabs, load_tokenizer):
+    """A tiny tokenizer with the infilling pieces, chatting in Meta's [INST] turns."""
+    return load_tokenizer(tiny_vocabs["fim"], chat_format="inst")
+
+
+@pytest.fixture(scope="session")
+def step(tiny_vocabs, load_tokenizer):
+    """A tiny tokenizer with `<step>`, chatting in 70b-Instruct's Source:/<step> turns."""
+    return load_tokenizer(tiny_vocabs["step"], chat_format="step")
+

@@ -28,16 +28,6 @@ def _dialogs(count: int, *, step: bool, seed: int = 0) -> list[list[dict]]:
     return dialogs
 
 
-@pytest.fixture(scope="module")
-def inst(tiny_vocabs, load_tokenizer):
-    return load_tokenizer(tiny_vocabs["fim"], chat_format="inst")
-
-
-@pytest.fixture(scope="module")
-def step(tiny_vocabs, load_tokenizer):
-    return load_tokenizer(tiny_vocabs["step"], chat_format="step")
-
-
 def test_inst_chat_matches_meta(inst):
     tok, ref = inst
     dialogs = _dialogs(60, step=False)
