@@ -138,6 +138,24 @@ def _estimate_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """How `serve` and `generate` load the model and run the engine."""
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="weights' dtype; auto = bfloat16 on a GPU, float32 on CPU (default: %(default)s)")
+    p.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
+                   help="bitsandbytes quantization (default: %(default)s)")
+    p.add_argument("--device-map", metavar="MAP", help="from_pretrained's device_map, e.g. cuda:1 or auto "
+                                                       "(default: the GPU if there is one, else cpu)")
+    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
+                   help="continuous: Transformers' continuous batching (default; measured fastest on GPU and CPU, "
+                        "docs/serving.md); eager: one generate() at a time")
+    p.add_argument("--max-batch-tokens", type=int, metavar="N",
+                   help="tokens per continuous-batching step (default: Transformers' choice)")
+    p.add_argument("--kv-cache-tokens", type=int, metavar="N",
+                   help="size of the paged KV cache in tokens; also the longest prompt + answer (default: "
+                        "Transformers' choice from free memory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Meta's Code Llama in Hugging Face Transformers 5.",
                                      **examples(f"{PROG} demo                # offline first run: a tiny random model, "
@@ -229,22 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
                                                        "only)")
     p.add_argument("--port", type=int, default=8080, help="(default: %(default)s)")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
-                   help="weights' dtype; auto = bfloat16 on a GPU, float32 on CPU (default: %(default)s)")
-    p.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
-                   help="bitsandbytes quantization (default: %(default)s)")
-    p.add_argument("--device-map", metavar="MAP", help="from_pretrained's device_map, e.g. cuda:1 or auto "
-                                                       "(default: the GPU if there is one, else cpu)")
-    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
-                   help="continuous: Transformers' continuous batching (default; measured fastest on GPU and CPU, "
-                        "docs/serving.md); eager: one generate() at a time")
-    p.add_argument("--max-batch-tokens", type=int, metavar="N",
-                   help="tokens per continuous-batching step (default: Transformers' choice)")
+    add_model_options(p)
     p.add_argument("--max-queue", type=int, default=256, metavar="N",
                    help="requests queued or running at once; more get 429 with Retry-After (default: %(default)s)")
-    p.add_argument("--kv-cache-tokens", type=int, metavar="N",
-                   help="size of the paged KV cache in tokens; also the longest prompt + answer (default: "
-                        "Transformers' choice from free memory)")
     p.add_argument("--api-key", action="append", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' or 'X-Api-Key: KEY' on every endpoint but /health; "
                         "repeat for several keys")
@@ -275,13 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for lines whose parameters do not say (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="requests in the engine at once (default: %(default)s)")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto")
-    p.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none")
-    p.add_argument("--device-map", metavar="MAP")
-    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
-                   help="as for serve (default: %(default)s)")
-    p.add_argument("--max-batch-tokens", type=int, metavar="N")
-    p.add_argument("--kv-cache-tokens", type=int, metavar="N")
+    add_model_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(run=_generate)
     return parser
