@@ -61,6 +61,21 @@ def test_every_line_gets_a_record_in_order_and_bad_lines_get_errors(service, tmp
     assert "must be a JSON object" in records[8]["error"]
 
 
+def test_a_line_that_cannot_fit_or_has_a_bad_field_is_an_error_record_and_the_job_goes_on(service, tmp_path):
+    # More inputs on one line than may run at once would wait forever; a wrong type must not end the job.
+    lines = [{"input_string": ["x"] * (service.engine.max_queue + 1), "parameters": {"max_new_tokens": 1}},
+             {"prefix": "a", "suffix": "b", "max_prompt_tokens": "64"},
+             {"prompt": "x", "parameters": {"max_new_tokens": 2}}]
+    write_input(tmp_path / "in.jsonl", lines)
+    summary = run_batch(service, tmp_path / "in.jsonl", tmp_path / "out.jsonl", default_max_new_tokens=2,
+                        quiet=True)
+    records = read(tmp_path / "out.jsonl")
+    assert (summary.written, summary.errors) == (3, 2) and [r["line"] for r in records] == [1, 2, 3]
+    assert "at most" in records[0]["error"] and "raise --concurrency" in records[0]["error"]
+    assert "\"max_prompt_tokens\" must be an integer, got '64'" in records[1]["error"]
+    assert "output" in records[2] and service.engine.in_flight == 0
+
+
 def test_a_rerun_skips_complete_lines_and_rewrites_a_torn_one(service, tmp_path):
     write_input(tmp_path / "in.jsonl", LINES[:4])
     run_batch(service, tmp_path / "in.jsonl", tmp_path / "full.jsonl", default_max_new_tokens=8, quiet=True)

@@ -96,6 +96,41 @@ def test_admission_stops_at_max_queue(service, monkeypatch):
     assert run(scenario()) == 0
 
 
+def test_sampling_values_no_kernel_can_run_are_made_safe_and_still_mean_the_same(service):
+    # Continuous batching samples the whole batch in one kernel: a top_k past int32 or a temperature that is 0 in
+    # float32 (NaN probabilities) failed every request in the batch; a seed past 2**63 made torch raise.
+    ids = service.infill_ids(PREFIX, SUFFIX)
+    req = service.request(ids, max_new_tokens=8, decode="infill",
+                          sampling=Sampling(temperature=1e-46, top_k=2**40, seed=2**70))
+    assert req.sampling == Sampling(temperature=0.0, top_p=1.0, top_k=0, seed=2**70 % 2**63)
+    assert generate(service, req).ids == reference_greedy(service, ids, 8)
+    wide = service.request(ids, max_new_tokens=4, sampling=Sampling(temperature=0.7, top_k=2**31, seed=2**64 + 5))
+    assert wide.sampling.top_k == 0 and len(generate(service, wide).ids) == 4
+    assert service.request(ids, max_new_tokens=1, sampling=Sampling(temperature=0.7, top_k=40)).sampling.top_k == 40
+
+
+def test_cancelled_requests_cannot_pile_up_behind_a_busy_eager_worker(service, monkeypatch):
+    lane = service.engine if service.engine.name == "eager" else service.engine._lane()
+    monkeypatch.setattr(lane, "max_queue", 2)
+
+    async def scenario():
+        busy = service.start(service.request(service.plain_ids("x"), max_new_tokens=3000, ignore_eos=True,
+                                             sampling=Sampling(temperature=1.0, seed=1)))  # seeded: the eager lane
+        refused = 0
+        for _ in range(20):  # submit and disconnect, as a hostile client would
+            try:
+                service.start(service.request(service.plain_ids("y"), max_new_tokens=1,
+                                              sampling=Sampling(temperature=1.0, seed=2))).cancel()
+            except QueueFull:
+                refused += 1
+        backlog = lane._jobs.qsize()
+        busy.cancel()
+        return refused, backlog
+
+    refused, backlog = run(scenario())
+    assert refused > 0 and backlog <= 2 * 2  # live jobs within max_queue, cancelled ones within as many again
+
+
 def test_a_failing_forward_fails_its_request_and_the_next_one_runs(service, monkeypatch):
     req = service.request(service.plain_ids("def poisoned_request():"), max_new_tokens=4)
     hits = poison(service.model, monkeypatch, list(req.prompt_ids))

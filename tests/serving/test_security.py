@@ -57,6 +57,16 @@ def test_either_header_with_any_key_is_let_in(guarded, headers):
         assert r.status_code == 200, (path, r.text)
 
 
+@pytest.mark.parametrize("keys", [("",), ("key-one", "  ")])
+def test_an_empty_api_key_is_refused_at_start(keys):
+    # `--api-key "$KEY"` with KEY unset would otherwise let an empty X-Api-Key header in.
+    from codellama_hf.errors import UserInputError
+    from codellama_hf.serving import ServeOptions
+
+    with pytest.raises(UserInputError, match="an API key is empty"):
+        ServeOptions(api_keys=keys)
+
+
 def test_health_needs_no_key(guarded):
     assert httpx.get(f"{guarded.url}/health").json() == {"status": "ok", "model": "CodeLlama-7b-Instruct"}
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import llamacpp_api, openai_api, score_api, tgi_api
+from ..errors import UserInputError
 from .httputil import ApiShape, validation_error
 from .requests import ServingError
 from .service import Service
@@ -44,6 +45,11 @@ class ServeOptions:
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # "localhost" for local pages on any port; else exact origins
     max_body_bytes: int = 4 * 2**20  # editors send context chunks; 4 MiB is far above what they send
+
+    def __post_init__(self):
+        # An empty key (`--api-key "$KEY"` with KEY unset) would let an empty X-Api-Key header in.
+        if any(not k.strip() for k in self.api_keys):
+            raise UserInputError("an API key is empty; pass a non-empty --api-key (is the variable you passed set?)")
 
 
 class Gate:

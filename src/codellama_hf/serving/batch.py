@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserInputError
+from .httputil import start_all
 from .requests import ServingError
 from .score_api import Parameters
 from .service import Service
@@ -91,7 +92,10 @@ def _plan(service: Service, text: str, default_max_new_tokens: int):
         prefix, suffix = record.get("prefix"), record.get("suffix")
         if not isinstance(prefix, str) or not isinstance(suffix, str):
             raise ServingError("an infilling line needs string \"prefix\" and \"suffix\"")
-        ids = service.infill_ids(prefix, suffix, max_prompt_tokens=record.get("max_prompt_tokens"))
+        trim = record.get("max_prompt_tokens")
+        if trim is not None and (isinstance(trim, bool) or not isinstance(trim, int)):
+            raise ServingError(f"\"max_prompt_tokens\" must be an integer, got {trim!r}")
+        ids = service.infill_ids(prefix, suffix, max_prompt_tokens=trim)
         return [service.request(ids, decode="infill", **common)], ("infill", record, params)
     if isinstance(record.get("prompt"), str):
         return [service.request(service.plain_ids(record["prompt"]), decode="continue", **common)], ("prompt", record,
@@ -122,9 +126,12 @@ async def _run(service: Service, lines: list[str], first: int, out, *, default_m
         async with semaphore:
             try:
                 requests, shape = _plan(service, text, default_max_new_tokens)
+                if len(requests) > service.engine.max_queue:  # could never be admitted whole: waiting would hang
+                    raise ServingError(f"the line holds {len(requests)} inputs and at most "
+                                       f"{service.engine.max_queue} run at once; split it or raise --concurrency")
                 while True:
                     try:
-                        runs = [service.start(r) for r in requests]
+                        runs = start_all(service, requests)  # all or none: a partial start would run for nobody
                         break
                     except ServingError as e:
                         if e.kind != "overloaded":
@@ -135,6 +142,8 @@ async def _run(service: Service, lines: list[str], first: int, out, *, default_m
                         "_tokens": sum(d.completion_tokens for d in dones)}
             except ServingError as e:
                 return {"line": number, "error": e.message}
+            except Exception as e:  # a bad line is an error record, never the end of the job
+                return {"line": number, "error": f"{type(e).__name__}: {e}"}
 
     window = 2 * concurrency  # lines in flight or finished but waiting for an earlier one; bounds memory
     end, queued = first + len(lines), first

@@ -19,6 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..fast_path import with_fast_path
 from .base import Engine, Submission
+from .requests import QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ class EagerEngine(Engine):
     def _run_for(self, sub: Submission) -> None:
         """Queue `sub` (admitted by this engine, or by a ContinuousEngine that hands it over)."""
         self.start()
+        # Cancelled jobs wait here until the worker is free to drop them, while a cancel frees its admission slot at
+        # once (so live jobs stay within max_queue): bound the backlog too, or clients that submit and disconnect
+        # could grow it without end.
+        if self._jobs.qsize() >= 2 * self.max_queue:
+            raise QueueFull(self.max_queue)
         self._jobs.put(sub)
 
     def _work(self) -> None:

@@ -22,6 +22,9 @@ from .requests import DECODES, Delta, Done, GenerationRequest, Sampling, Serving
 from .text import TextAssembler
 
 
+MIN_TEMPERATURE = 1e-3  # below it, float32 logits / temperature overflow to inf, or all but one token get p=0
+
+
 class Service:
     """A loaded model, its tokenizer and an engine, fixed at start: no request names a path or another model."""
 
@@ -119,8 +122,18 @@ class Service:
             raise ServingError(f"{param} must be >= 0, got {max_new_tokens}", param=param)
         budget = room if max_new_tokens is None else min(max_new_tokens, room)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        return GenerationRequest(tuple(prompt_ids), budget, sampling, frozenset() if ignore_eos else self.stop_ids,
-                                 stops, decode, max_predict_seconds)
+        return GenerationRequest(tuple(prompt_ids), budget, self._safe(sampling),
+                                 frozenset() if ignore_eos else self.stop_ids, stops, decode, max_predict_seconds)
+
+    def _safe(self, s: Sampling) -> Sampling:
+        """The same sampling in values every engine can run. Continuous batching samples the whole batch in one
+        kernel, so one request's top_k past int32 or a temperature that is 0 in float32 (NaN probabilities) would
+        fail every request in it: top_k >= the vocabulary is off, a temperature under MIN_TEMPERATURE is greedy (what
+        it samples anyway), and a seed is kept modulo 2**63 (torch takes no larger; the same seed stays the same)."""
+        vocab = int(self.model.config.vocab_size)
+        return Sampling(temperature=0.0 if s.temperature < MIN_TEMPERATURE else float(s.temperature),
+                        top_p=float(s.top_p), top_k=0 if s.top_k >= vocab else int(s.top_k),
+                        seed=None if s.seed is None else int(s.seed) % 2**63)
 
     def start(self, request: GenerationRequest) -> Run:
         """Submit now (so a full queue is refused before any byte of a response); iterate the run for events."""
