@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, small sizes: proves the script")
     ap.add_argument("--tokenizer", type=Path, help="Code Llama's tokenizer.model (default: ../shared or shared/)")
     args = ap.parse_args()
-    logging.getLogger("codellama_hf.infilling").setLevel(logging.ERROR)  # the editor prompts are trimmed on purpose
+    logging.getLogger("codellama_hf.tokenization.infilling").setLevel(logging.ERROR)  # the editor prompts are trimmed on purpose
     mode = "tiny" if args.tiny else "full"
     size = SIZES[mode]
     device = torch.device("cpu" if args.tiny else "cuda")

@@ -31,7 +31,7 @@ import torch
 
 from codellama_hf import CodeLlamaConfig, CodeLlamaForCausalLM, CodeLlamaTokenizer
 from codellama_hf.serving import ServeOptions, create_app
-from codellama_hf.serving.loading import make_engine
+from codellama_hf.serving.engines import make_engine
 from codellama_hf.serving.service import Service
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "codellama" / "tokenizer.model"

@@ -20,6 +20,7 @@ import pytest
 
 import codellama_hf_cli
 from codellama_hf import demo
+from codellama_hf.demo import runner
 from codellama_hf.errors import UserInputError
 from tests.fixtures_convert import META_SPLIT
 from tests.fixtures_tokenizer import TINY_SPM_VOCAB, MetaReference, stdlib_snippets
@@ -88,8 +89,8 @@ def test_bitsandbytes_optional_kernel_line_is_explained_not_shown(runs):
 
 
 def test_the_optional_kernel_notice_holds_back_only_that_line(caplog):
-    name, start = demo.OPTIONAL_KERNEL_LOG
-    with demo._optional_kernel_notice() as seen:
+    name, start = runner.OPTIONAL_KERNEL_LOG
+    with runner._optional_kernel_notice() as seen:
         logging.getLogger(name).warning("%s: No module named 'kernels'. Please make sure ...", start)
         logging.getLogger(name).warning("another bitsandbytes warning")
     assert len(seen) == 1 and [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]
@@ -189,13 +190,13 @@ def test_bad_input_through_the_real_command_exits_2_without_a_traceback(runs):
 # ----- failures midway leave nothing -------------------------------------------------------------------------------
 
 def _fail_after_converting(monkeypatch, exc: BaseException):
-    real = demo.convert_meta_checkpoint
+    real = runner.convert_meta_checkpoint
 
     def convert_then_fail(*args, **kwargs):
         real(*args, **kwargs)
         raise exc
 
-    monkeypatch.setattr(demo, "convert_meta_checkpoint", convert_then_fail)
+    monkeypatch.setattr(runner, "convert_meta_checkpoint", convert_then_fail)
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
@@ -361,7 +362,7 @@ def test_the_script_regenerates_the_shipped_tokenizer(tmp_path):
         return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
 
     assert pieces(fresh) == pieces(demo.DEMO_TOKENIZER), \
-        "demo_data/tokenizer.model is stale: run src/codellama_hf/demo_data/make_tokenizer.py"
+        "demo/data/tokenizer.model is stale: run src/codellama_hf/demo/data/make_tokenizer.py"
 
 
 def test_the_library_functions_refuse_a_non_empty_folder(tmp_path):

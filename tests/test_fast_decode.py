@@ -1,4 +1,4 @@
-"""The fast path (codellama_hf.fast_path / fast_decode): the tokens of eager greedy decoding, from a static cache and a
+"""The fast path (codellama_hf.fast_path): the tokens of eager greedy decoding, from a static cache and a
 decode loop that reads its stop flag late; buckets that bound the compiles; the opt-out; the quantized fallback.
 
 On CPU the fast path runs uncompiled (as it does there unless a compile_config is passed); the compile-count tests
@@ -19,9 +19,9 @@ from transformers.generation.streamers import BaseStreamer
 
 from codellama_hf import CodeLlamaForCausalLM
 from codellama_hf.errors import UserInputError
-from codellama_hf.fast_decode import DecodePlan, cache_bucket, cache_pool, fast_sample
+from codellama_hf.fast_path import DecodePlan, cache_bucket, cache_pool, fast_sample
 from codellama_hf.fast_path import warm_up, with_fast_path
-from codellama_hf.text_generation import CodeLlamaTextGenerationPipeline
+from codellama_hf.pipelines import CodeLlamaTextGenerationPipeline
 from tests.fixtures_tokenizer import MetaReference
 from tests.test_pipelines import CODE, PREFIX, SUFFIX, Force
 

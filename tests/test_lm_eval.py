@@ -79,7 +79,7 @@ def _loglikelihood(model, ids: list[int], n_context: int) -> float:
 
 
 def test_python_api_scores_metas_prompt_ids(python_run):
-    from codellama_hf.chat_rendering import RenderedChat
+    from codellama_hf.tokenization.rendered import RenderedChat
 
     model, tok, out = python_run
     assert out["results"][TASK]["sample_len"] == len(DOCS)

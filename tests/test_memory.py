@@ -97,7 +97,8 @@ def test_kv_cache_bytes_equal_a_real_cache(tiny_model, tiny_config):
 
 
 def test_estimate_memory_adds_up_and_fits_by_the_stated_headroom():
-    from codellama_hf.memory import GPUS_GIB, HEADROOM, estimate_memory
+    from codellama_hf.memory import estimate_memory
+    from codellama_hf_core.memory import GPUS_GIB, HEADROOM
 
     e = estimate_memory("CodeLlama-34b", quantization="4bit", context=4096, batch=2)
     assert e.total_bytes == e.weights_bytes + e.kv_cache_bytes

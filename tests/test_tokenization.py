@@ -125,7 +125,7 @@ def test_reads_tokenizer_model_without_sentencepiece_parser(tiny_vocabs):
     """Our protobuf reader agrees with SentencePiece's own on every piece and flag."""
     from sentencepiece import sentencepiece_model_pb2
 
-    from codellama_hf.spm_model import read_spm_model
+    from codellama_hf.tokenization.spm_model import read_spm_model
 
     path = tiny_vocabs["step"] / "tokenizer.model"
     proto = sentencepiece_model_pb2.ModelProto.FromString(path.read_bytes())
@@ -252,7 +252,7 @@ def test_stock_tokenizer_json_is_refused_and_tokenizer_model_preferred(tiny_voca
 
 
 def test_word_split_only_where_it_is_exact(tiny_vocabs, load_tokenizer):
-    from codellama_hf.spm_model import NORMAL, SpmModel, word_split_is_exact
+    from codellama_hf.tokenization.spm_model import NORMAL, SpmModel, word_split_is_exact
 
     assert load_tokenizer(tiny_vocabs["fim"])[0].backend_tokenizer.pre_tokenizer is not None
     assert load_tokenizer(tiny_vocabs["phrases"])[0].backend_tokenizer.pre_tokenizer is None

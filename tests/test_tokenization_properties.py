@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codellama_hf.chat_rendering import looks_rendered
+from codellama_hf.tokenization.rendered import looks_rendered
 from codellama_hf.errors import UserInputError
 from tests.fixtures_tokenizer import has_control_string
 

@@ -4,8 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from .configuration import MODEL_TYPE, CodeLlamaConfig
 from .convert import convert_meta_checkpoint
-from .device_maps import cpu_disk_device_map
-from .memory import estimate_memory
+from .device_maps import cpu_disk_device_map, estimate_memory
 from .modeling import CodeLlamaForCausalLM, CodeLlamaModel
 from .pipelines import CodeInfillingPipeline, register_pipeline
 from .tokenization import CodeLlamaTokenizer

@@ -11,11 +11,13 @@ a GPU's) and fills it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 
 from codellama_hf_core.errors import UserInputError
-from codellama_hf_core.memory import DTYPE_BYTES, QUANTIZATIONS, check_choice, module_bytes
+from codellama_hf_core.memory import DTYPE_BYTES, QUANTIZATIONS, MemoryEstimate, check_choice, module_bytes
+from codellama_hf_core.memory import estimate_memory as _estimate_bytes
 from codellama_hf_core.variants import Variant, get_variant
 
 _DEVICE_KEYS = ("cpu", "disk", "mps")
@@ -86,6 +88,27 @@ def auto_device_map(config, *, max_memory, dtype: str = "bfloat16", quantization
     # Planning for GPUs this machine lacks is the point; accelerate warns about each one.
     with _quiet("accelerate.utils.modeling"):
         return dict(_get_device_map(model, "auto", parse_max_memory(max_memory), quantizer))
+
+
+def estimate_memory(config, *, dtype: str = "bfloat16", quantization: str = "none", context: int | None = None,
+                    batch: int = 1, max_memory: dict | str | None = None) -> MemoryEstimate:
+    """Weights, KV cache and where they fit, for a config, a preset or a variant name; `context` defaults to its own.
+
+    With `max_memory` ({0: "24GiB", "cpu": "64GiB"}), also the device map `from_pretrained(device_map="auto")` makes.
+    """
+    estimate = _estimate_bytes(config, dtype=dtype, quantization=quantization, context=context, batch=batch)
+    if max_memory is None:
+        return estimate
+    if isinstance(config, str):
+        config = get_variant(config)  # known good: the estimate above checked the name
+    parsed = parse_max_memory(max_memory)
+    device_map = auto_device_map(config, max_memory=parsed, dtype=dtype, quantization=quantization)
+    sizes = module_bytes(config, dtype=dtype, quantization=quantization)
+    per_device: dict = {}
+    for module, device in device_map.items():  # accelerate may split a module: sum what lies under a key
+        under = sum(n for m, n in sizes.items() if m == module or m.startswith(module + ".") or not module)
+        per_device[device] = per_device.get(device, 0) + under
+    return dataclasses.replace(estimate, device_map=device_map, max_memory=parsed, device_bytes=per_device)
 
 
 def cpu_disk_device_map(config, *, cpu_memory, dtype: str | None = None) -> dict[str, str]:

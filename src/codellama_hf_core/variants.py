@@ -67,6 +67,9 @@ PRESETS: tuple[Variant, ...] = (
 del V
 
 VARIANTS: tuple[str, ...] = tuple(v.name for v in PRESETS)
+# Views that error messages name: the variants trained for infilling, and those that chat.
+INFILLING_VARIANTS: tuple[str, ...] = tuple(v.name for v in PRESETS if v.infilling)
+INSTRUCT_VARIANTS: tuple[str, ...] = tuple(v.name for v in PRESETS if v.chat_format != "none")
 
 # Exact names only (no substring guessing): Meta's folder name and the hub id.
 _BY_NAME = {key: v for v in PRESETS for key in (v.name, v.hub_id)}

@@ -156,7 +156,7 @@ def test_verify_passes_on_an_intact_download(make_meta_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("size, n", [("5GB", 5 * 10**9), ("500MiB", 500 * 2**20), (12345, 12345), ("1.5KB", 1500)])
 def test_max_shard_size_parses_transformers_style_sizes(size, n):
-    from codellama_hf.convert.engine import parse_size
+    from codellama_hf.convert.converter import parse_size
 
     assert parse_size(size) == n
 

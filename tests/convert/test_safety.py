@@ -199,7 +199,7 @@ def test_output_inside_the_input_is_refused(make_meta_checkpoint, tmp_path):
 PAUSED = """
 import sys, time
 from pathlib import Path
-from codellama_hf.convert import engine
+from codellama_hf.convert import converter as engine
 real_write_file = engine.write_file
 def paused_write_file(path, entries, chunks, on_bytes):
     def chunks_then_pause(entry):

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from codellama_hf.serving import load_service
-from codellama_hf.serving.base import Engine
-from codellama_hf.serving.requests import QueueFull, Sampling, ServingError
+from codellama_hf.serving.engines.base import Engine
+from codellama_hf.serving.protocol import QueueFull, Sampling, ServingError
 from codellama_hf.serving.service import Service
 
 from .conftest import KV_CACHE_TOKENS, poison, reference_greedy
@@ -208,7 +208,7 @@ def test_a_prompt_over_the_context_is_refused_before_generating(service):
 def test_streamed_text_of_a_long_answer_is_its_whole_decode(service, kind):
     import random
 
-    from codellama_hf.serving.text import TextAssembler
+    from codellama_hf.serving.detokenize import TextAssembler
 
     rng = random.Random(0)
     ids = [rng.randrange(3, 600) for _ in range(400)]  # byte-fallback ids included: characters split across ids
@@ -225,8 +225,8 @@ def test_streamed_text_of_a_long_answer_is_its_whole_decode(service, kind):
 def test_the_eager_engine_on_the_fast_path_gives_the_same_tokens(instruct_folder, sampling, monkeypatch):
     """On CUDA the eager engine (and the seeded lane) decode on the pipelines' fast path by default; on CPU it runs
     when asked, uncompiled, and must give the stock loop's tokens, greedy and seeded alike."""
-    from codellama_hf import fast_path
-    from codellama_hf.serving.eager import EagerEngine
+    from codellama_hf.fast_path import policy as fast_path
+    from codellama_hf.serving.engines.eager import EagerEngine
     from codellama_hf.serving.loading import load_model
 
     calls, real = [], fast_path.fast_sample

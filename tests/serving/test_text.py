@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from codellama_hf.serving.prompts import SNIPPET_SEPARATOR, extra_context, split_literal_template
-from codellama_hf.serving.requests import ServingError
-from codellama_hf.serving.text import TextAssembler, partial_stop_length
+from codellama_hf.serving.protocol import ServingError
+from codellama_hf.serving.detokenize import TextAssembler, partial_stop_length
 
 PIECES = {1: "def", 2: " f", 3: "(x", 4: "):", 5: "\n", 6: "    return", 7: " x", 8: "\n\n", 9: "class"}
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from codellama_hf.infilling import INFILLING_VARIANTS
+from codellama_hf.variants import INFILLING_VARIANTS
 from codellama_hf.serving import load_service
-from codellama_hf.serving.requests import ServingError
+from codellama_hf.serving.protocol import ServingError
 from codellama_hf.tokenization import INSTRUCT_VARIANTS
 from tests.fixtures_tokenizer import MetaReference
 

@@ -1,5 +1,5 @@
 """Meta's Code Llama checkpoints (consolidated.NN.pth) to Hugging Face safetensors folders, streamed."""
 
-from .engine import convert_meta_checkpoint
+from .converter import convert_meta_checkpoint
 
 __all__ = ["convert_meta_checkpoint"]

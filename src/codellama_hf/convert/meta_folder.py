@@ -41,10 +41,6 @@ class MetaFolder:
     shard_paths: tuple[Path, ...]  # consolidated.00.pth, .01, ... in rank order
     checklist: dict[str, str] | None  # file name -> md5, when checklist.chk is there
 
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER
-
 
 def open_meta_folder(input_dir) -> MetaFolder:
     """Check that `input_dir` is a complete Meta download folder and read its small files."""

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import llamacpp_api, openai_api, score_api, tgi_api
 from ..errors import UserInputError
 from .httputil import ApiShape, validation_error
-from .requests import ServingError
+from .protocol import ServingError
 from .service import Service
 
 logger = logging.getLogger(__name__)

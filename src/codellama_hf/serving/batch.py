@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserInputError
-from .httputil import start_all
-from .requests import ServingError
-from .score_api import Parameters
-from .service import Service
+from .protocol import ServingError
+from .parameters import Parameters
+from .service import Service, start_all
 
 
 @dataclass

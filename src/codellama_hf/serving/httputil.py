@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .requests import ServingError
+from .protocol import ServingError
 from .service import Run
 
 logger = logging.getLogger(__name__)
@@ -151,16 +151,3 @@ async def results(runs: list[Run]) -> list:
     finally:
         for run in runs:
             run.cancel()
-
-
-def start_all(service, requests) -> list[Run]:
-    """Submit every request, or none: a full queue part-way cancels those already submitted."""
-    runs: list[Run] = []
-    try:
-        for request in requests:
-            runs.append(service.start(request))
-    except BaseException:
-        for run in runs:
-            run.cancel()
-        raise
-    return runs

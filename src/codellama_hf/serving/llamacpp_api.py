@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .httputil import ApiShape, ClientGone, sse, sse_response, start_all, unless_disconnected
-from .requests import Delta, Done, Sampling
-from .service import Service
+from .httputil import ApiShape, ClientGone, sse, sse_response, unless_disconnected
+from .protocol import Delta, Done, Sampling
+from .service import Service, start_all
 
 router = APIRouter()
 

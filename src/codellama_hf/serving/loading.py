@@ -8,13 +8,11 @@ import logging
 from pathlib import Path
 
 from ..errors import UserInputError
-from .base import Engine
-from .engine import ContinuousEngine
+from .engines import make_engine
 from .service import Service
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("continuous", "eager")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -56,20 +54,6 @@ def load_model(folder, *, dtype: str = "auto", quantization: str = "none", devic
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
     return model, tokenizer
-
-
-def make_engine(model, *, engine: str = "continuous", max_queue: int = 256, max_batch_tokens: int | None = None,
-                kv_cache_tokens: int | None = None) -> Engine:
-    """continuous (the default on every device: on CPU too it measured 1.4x/2.1x one-at-a-time generate for 4/16
-    clients and within 13% for one, see docs/serving.md) or eager."""
-    if engine == "continuous":
-        return ContinuousEngine(model, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
-                                kv_cache_tokens=kv_cache_tokens)
-    if engine == "eager":
-        from .eager import EagerEngine
-
-        return EagerEngine(model, max_queue=max_queue)
-    raise UserInputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
 
 
 def load_service(folder, *, dtype: str = "auto", quantization: str = "none", device_map: str | None = None,

@@ -8,8 +8,9 @@ import uuid
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .httputil import ApiShape, ClientGone, merged, results, sse, sse_response, start_all, unless_disconnected
-from .requests import Delta, Done, Sampling, ServingError
+from .httputil import ApiShape, ClientGone, merged, results, sse, sse_response, unless_disconnected
+from .protocol import Delta, Done, Sampling, ServingError
+from .service import start_all
 
 router = APIRouter()
 MAX_N = 8

@@ -3,7 +3,7 @@ context chunks. The ids themselves always come from CodeLlamaTokenizer (infillin
 
 from __future__ import annotations
 
-from .requests import ServingError
+from .protocol import ServingError
 
 MARKERS = ("<PRE>", "<SUF>", "<MID>")
 # llama.cpp's separator before each `input_extra` chunk for models without repo-level tokens (its server writes it

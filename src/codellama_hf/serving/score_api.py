@@ -8,9 +8,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .httputil import ApiShape, ClientGone, results, start_all, unless_disconnected
-from .requests import Sampling
-from .service import Service
+from .httputil import ApiShape, ClientGone, results, unless_disconnected
+from .parameters import Parameters
+from .service import Service, start_all
 
 router = APIRouter()
 MAX_INPUTS = 64
@@ -28,24 +28,6 @@ class ScoreShape(ApiShape):
 
 
 SHAPE = ScoreShape()
-
-
-class Parameters(BaseModel):
-    """Transformers' generate semantics: temperature and top_p only matter with do_sample."""
-
-    model_config = ConfigDict(extra="ignore")
-    max_new_tokens: int = Field(128, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    do_sample: bool = False
-    return_full_text: bool = True
-    stop: list[str] = Field(default_factory=list)
-
-    def sampling(self) -> Sampling:
-        if not self.do_sample:
-            return Sampling()
-        return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
 class InputData(BaseModel):

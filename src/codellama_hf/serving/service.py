@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..infilling import INFILLING_VARIANTS
 from ..pipelines import code_llama_facts
-from ..tokenization import INSTRUCT_VARIANTS
-from .base import Engine, Submission
+from ..variants import INFILLING_VARIANTS, INSTRUCT_VARIANTS
+from .engines.base import Engine, Submission
 from .prompts import extra_context, split_literal_template
-from .requests import DECODES, Delta, Done, GenerationRequest, Sampling, ServingError
-from .text import TextAssembler
+from .protocol import DECODES, Delta, Done, GenerationRequest, Sampling, ServingError
+from .detokenize import TextAssembler
 
 
 MIN_TEMPERATURE = 1e-3  # below it, float32 logits / temperature overflow to inf, or all but one token get p=0
@@ -147,6 +146,19 @@ class Service:
     def decoders(self, kind: str):
         """(decode from the start, decode ids that continue earlier ones) for a request's `decode`."""
         return self._decoders[kind]
+
+
+def start_all(service, requests) -> list[Run]:
+    """Submit every request, or none: a full queue part-way cancels those already submitted."""
+    runs: list[Run] = []
+    try:
+        for request in requests:
+            runs.append(service.start(request))
+    except BaseException:
+        for run in runs:
+            run.cancel()
+        raise
+    return runs
 
 
 class Run:

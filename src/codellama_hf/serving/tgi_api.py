@@ -9,9 +9,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .httputil import ApiShape, ClientGone, sse, sse_response, start_all, unless_disconnected
-from .requests import Delta, Done, Sampling
-from .service import Service
+from .httputil import ApiShape, ClientGone, sse, sse_response, unless_disconnected
+from .protocol import Delta, Done, Sampling
+from .service import Service, start_all
 
 router = APIRouter()
 FINISH = {"eos": "eos_token", "word": "stop_sequence", "limit": "length"}

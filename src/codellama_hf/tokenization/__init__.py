@@ -14,8 +14,10 @@ Differs from Transformers' CodeLlamaTokenizer:
 
 One mixin per concern, so each reads alone: encoding.py (plain text and the Transformers call paths),
 infilling.py (Meta's infilling prompts), chat.py (Instruct chats), files.py (what a saved folder holds); the class
-below only builds the backend and finds the control ids they share. Imports run one way: constants.py at the bottom,
-this module at the top.
+below only builds the backend and finds the control ids they share. What the mixins stand on: spm_model.py (Meta's
+tokenizer.model read into a SentencePiece-exact backend), chat_formats.py (Meta's chat prompt plans and the Jinja
+templates that render them), rendered.py (the rendered chat string that encodes back to Meta's ids). Imports run one
+way: constants.py at the bottom, this module at the top.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from __future__ import annotations
 from tokenizers import AddedToken
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-from ..chat import CHAT_TEMPLATES
+from .chat_formats import CHAT_TEMPLATES
 from ..remote_code import TOKENIZER_AUTO_MAP
-from ..spm_model import has_dummy_prefix, load_backend, twin
-from .chat import INSTRUCT_VARIANTS, ChatMixin, resolve_chat_format
+from .spm_model import has_dummy_prefix, load_backend, twin
+from ..variants import INSTRUCT_VARIANTS
+from .chat import ChatMixin, resolve_chat_format
 from .constants import CONTROL_PIECES, GUARD_FILE, OWN_FILE, SMILEY
 from .encoding import EncodingMixin
 from .files import FilesMixin, is_guard, save_llama_format_tokenizer

@@ -2,7 +2,7 @@
 back to them, and which chat format applies.
 
 Render-then-tokenize (lm-eval, vLLM, scripts): `apply_chat_template(tokenize=False)` returns a RenderedChat (see
-../chat_rendering.py), which `tok(text)`, `tok.encode(text)` and `tok.tokenize(text)` encode to exactly the ids of
+rendered.py), which `tok(text)`, `tok.encode(text)` and `tok.tokenize(text)` encode to exactly the ids of
 `apply_chat_template(tokenize=True)`. The trade-off, chosen over making `<s>` in any text a control id: only strings
 our renderer made (kept through `+` and slicing) become control ids, so typed text, including a message's, never
 can; a plain str that starts like a rendered chat is refused with the fix rather than encoded as text in silence
@@ -15,19 +15,16 @@ from __future__ import annotations
 import logging
 import os
 
-from ..chat import CHAT_BUILDERS, Unit, check_messages
-from ..chat_rendering import RenderedChat, looks_rendered, render, trusted_units
+from .chat_formats import CHAT_BUILDERS, Unit, check_messages
+from .rendered import RenderedChat, looks_rendered, render, trusted_units
 from ..configuration import CodeLlamaConfig
 from ..errors import UserInputError
-from ..variants import CHAT_FORMATS, PRESETS, variant_in_name
+from ..variants import CHAT_FORMATS, INSTRUCT_VARIANTS, variant_in_name
 
 logger = logging.getLogger(__name__)
 
-INSTRUCT_VARIANTS = tuple(v.name for v in PRESETS if v.chat_format != "none")
-
-
 class ChatMixin:
-    """`apply_chat_template` built from ../chat.py's builders, and the encoding of rendered chats. Uses
+    """`apply_chat_template` built from chat_formats.py's builders, and the encoding of rendered chats. Uses
     EncodingMixin's `_sp_encode` and `_batch`, and the ids CodeLlamaTokenizer.__init__ finds (`_control_ids`)."""
 
     def apply_chat_template(self, conversation, tools=None, documents=None, chat_template=None,

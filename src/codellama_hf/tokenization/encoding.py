@@ -9,7 +9,7 @@ from transformers.tokenization_utils_base import BatchEncoding, TruncationStrate
 from transformers.utils import PaddingStrategy
 
 from ..errors import UserInputError
-from ..spm_model import decode_pieces, escape
+from .spm_model import decode_pieces, escape
 from .constants import SMILEY
 
 

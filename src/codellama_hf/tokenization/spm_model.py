@@ -27,7 +27,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 # SentencePiece piece types (sentencepiece_model.proto, ModelProto.SentencePiece.Type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE, UNUSED = 1, 2, 3, 4, 6, 5

@@ -17,9 +17,9 @@ from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList
                           StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from transformers.generation.streamers import BaseStreamer
 
-from ..fast_path import with_fast_path
+from ...fast_path import with_fast_path
 from .base import Engine, Submission
-from .requests import QueueFull
+from ..protocol import QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class EagerEngine(Engine):
     def __init__(self, model, *, max_queue: int = 256, fast: bool | None = None):
         super().__init__(max_queue=max_queue)
         self.model = model
-        self.fast = fast  # the pipelines' fast path (fast_path.py): None is on for CUDA models, as there
+        self.fast = fast  # the pipelines' fast path (codellama_hf.fast_path): None is on for CUDA models, as there
         self._jobs: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
 

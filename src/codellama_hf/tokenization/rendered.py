@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .chat import Control, Unit
+from .chat_formats import Control, Unit
 
 # How a rendered chat starts: BOS and the first turn, or that turn alone where a tool stripped the BOS. Anchored at
 # the start, so code that quotes a prompt format (f"<s>[INST] {q} [/INST]") is not taken for a rendered chat.

@@ -8,7 +8,7 @@ around it:
 - its sampler draws from one generator for the whole batch, so a seed cannot make one request repeatable: a
   sampled request with a seed goes to an `EagerEngine` lane (eager.py), which samples with the request's own
   generator;
-- stop strings are found in the decoded text by the server (text.py), which then cancels the request.
+- stop strings are found in the decoded text by the server (detokenize.py), which then cancels the request.
 
 Continuous batching is the default on every device. On CPU, too, it measured within 13% of one-at-a-time eager
 `generate` for one client and 1.4x/2.1x ahead for 4/16 clients (benchmarks/bench_serve.py, table in
@@ -21,7 +21,7 @@ import logging
 import threading
 
 from .base import Engine, Submission
-from .requests import ServingError
+from ..protocol import ServingError
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from transformers.pipelines import PIPELINE_REGISTRY, TextGenerationPipeline
 
-from .configuration import CodeLlamaConfig
-from .fast_path import FastPathPipeline
+from ..configuration import CodeLlamaConfig
+from ..fast_path import FastPathPipeline
 
 TASK = "text-generation"
 

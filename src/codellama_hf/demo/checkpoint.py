@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from .convert import convert_meta_checkpoint
-from .convert.layout import Dims, ffn_dim
-from .convert.weight_map import expected_rules
-from .errors import UserInputError
-from .spm_model import read_spm_model
-from .variants import get_variant
+from ..convert import convert_meta_checkpoint
+from ..convert.layout import Dims, ffn_dim
+from ..convert.weight_map import expected_rules
+from ..errors import UserInputError
+from ..tokenization.spm_model import read_spm_model
+from ..variants import get_variant
 
 DEMO_VARIANT = "CodeLlama-7b-Instruct"  # trained for infilling and chats in [INST] turns: both pipelines apply
-DEMO_TOKENIZER = Path(__file__).with_name("demo_data") / "tokenizer.model"  # 512 pieces; demo_data/make_tokenizer.py
+DEMO_TOKENIZER = Path(__file__).with_name("data") / "tokenizer.model"  # 512 pieces; data/make_tokenizer.py
 DEMO_HEAD_DIM = 8  # 32 heads of 8: width 256 instead of 4096
 DEMO_LAYERS = 2  # instead of 32
 # Meta's CodeLlama-7b params.json, width and depth aside (7b ships as one consolidated.00.pth).

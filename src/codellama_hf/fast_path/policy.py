@@ -1,4 +1,4 @@
-"""When generation takes the fast path (`fast_decode.fast_sample`), and the calls a user makes directly:
+"""When generation takes the fast path (`loop.fast_sample`), and the calls a user makes directly:
 `generate(model, ...)` for a hand-written loop and `warm_up(model, ...)` to compile before the first request.
 
 Our pipelines take the fast path by default on CUDA and pass `fast=False` to opt out; elsewhere it runs only when
@@ -17,8 +17,8 @@ import torch
 from transformers import CompileConfig, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.configuration_utils import GenerationMode
 
-from .errors import UserInputError
-from .fast_decode import MIN_BUCKET, DecodePlan, cache_bucket, fast_sample
+from ..errors import UserInputError
+from .loop import MIN_BUCKET, DecodePlan, cache_bucket, fast_sample
 
 logger = logging.getLogger(__name__)
 

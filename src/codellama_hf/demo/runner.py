@@ -1,11 +1,4 @@
-"""`codellama-hf demo`: first contact, fully offline.
-
-It writes a tiny checkpoint in Meta's download format with CodeLlama-7b-Instruct's real structure (its head
-counts, one shard, rope theta 1e6, Meta's FFN rounding) and random weights, converts it, loads it (4-bit where
-bitsandbytes works, else bfloat16), and runs one infilling and one Instruct chat turn through the pipelines.
-With `meta_dir` the same steps run on a real Meta download. The random weights make the text gibberish: the
-demo shows the path from Meta's files to generated text, not a model's skill.
-"""
+"""The demo's runner: the steps of `codellama-hf demo`, in order, on the demo's checkpoint or a real Meta folder."""
 
 from __future__ import annotations
 
@@ -18,13 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .convert import convert_meta_checkpoint
-from .convert.meta_folder import open_meta_folder
-from .demo_checkpoint import (CHAT, DEMO_TOKENIZER, DEMO_VARIANT, INFILL_CODE, collect_warnings,  # noqa: F401
-                              make_demo_model, write_demo_checkpoint)  # the demo's public names, here too
-from .demo_report import DemoResult, Steps, describe_checkpoint, indent, summary
-from .errors import UserInputError
-from .variants import VARIANTS, Variant, get_variant
+from ..convert import convert_meta_checkpoint
+from ..convert.meta_folder import open_meta_folder
+from .checkpoint import CHAT, DEMO_VARIANT, INFILL_CODE, collect_warnings, write_demo_checkpoint
+from .report import DemoResult, Steps, describe_checkpoint, indent, summary
+from ..errors import UserInputError
+from ..variants import VARIANTS, Variant, get_variant
 
 
 def run_demo(*, keep=None, meta_dir=None, variant: str | None = None, max_new_tokens: int = 32, seed: int = 0,

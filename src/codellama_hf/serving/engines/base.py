@@ -1,5 +1,5 @@
 """What every engine shares: a `Submission` (one request's life: its events, cancel, the slot it holds) and the
-`Engine` base (admission against --max-queue, bookkeeping). The engines are engine.py (continuous batching) and
+`Engine` base (admission against --max-queue, bookkeeping). The engines are continuous.py (continuous batching) and
 eager.py (one `generate` at a time); this module sits below both so neither imports the other's module for it.
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 
-from .requests import GenerationRequest, QueueFull, ServingError
+from ..protocol import GenerationRequest, QueueFull, ServingError
 
 
 class Submission:
@@ -27,8 +26,6 @@ class Submission:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.cancelled = threading.Event()
-        self.submitted_at = time.perf_counter()
-        self.first_token_at: float | None = None
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
         self._on_cancel, self._on_end = on_cancel, on_end  # the admitting engine's: free the slot
@@ -40,8 +37,6 @@ class Submission:
     # engine side (event loop thread)
     def push(self, ids: list[int]) -> None:
         if ids and not self._closed:
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
             self._queue.put_nowait(("ids", ids))
 
     def finish(self, reason: str) -> None:

@@ -2,7 +2,7 @@
 
 Orchestration only: the prompt ids come from CodeLlamaTokenizer (Meta's `infilling_prompt_tokens`), the middle is
 decoded by its `decode_infilling`, the infilling ids and flags come from CodeLlamaConfig, and decoding on CUDA takes
-the fast path (`fast_path.py`).
+the fast path (`codellama_hf.fast_path`).
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, Pipeline, TextStreamer
-from transformers.pipelines import PIPELINE_REGISTRY
+from transformers import GenerationConfig, Pipeline, TextStreamer
 
-from .configuration import CodeLlamaConfig, identify
-from .errors import UserInputError
-from .fast_path import FastPathPipeline
-from .infilling import INFILLING_VARIANTS
-from .text_generation import install_text_generation
-from .variants import FIM_IDS_32016
+from ..configuration import CodeLlamaConfig, identify
+from ..errors import UserInputError
+from ..fast_path import FastPathPipeline
+from ..variants import FIM_IDS_32016, INFILLING_VARIANTS
 
 TASK = "code-infilling"
 DEFAULT_BATCH_SIZE = 8  # a list runs in batches unless the caller picks batch_size
@@ -140,9 +137,3 @@ def code_llama_facts(config) -> CodeLlamaConfig:
     fields = {**config.to_dict(), **identify(config.to_dict(), name=getattr(config, "_name_or_path", None))}
     fields.pop("model_type", None)
     return CodeLlamaConfig(**fields)
-
-
-def register_pipeline() -> None:
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=CodeInfillingPipeline, pt_model=AutoModelForCausalLM,
-                                        type="text")
-    install_text_generation()

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .convert.layout import ffn_dim
-from .demo_checkpoint import piece_count
-from .variants import Variant
+from ..convert.layout import ffn_dim
+from .checkpoint import piece_count
+from ..variants import Variant
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Regenerate demo_data/tokenizer.model, the demo's tiny SentencePiece vocabulary. Dev only: needs sentencepiece.
+"""Regenerate demo/data/tokenizer.model, the demo's tiny SentencePiece vocabulary. Dev only: needs sentencepiece.
 
-    .venv/bin/python src/codellama_hf/demo_data/make_tokenizer.py
+    .venv/bin/python src/codellama_hf/demo/data/make_tokenizer.py
 
 Built as Meta's Code Llama tokenizer.model is: BPE, byte fallback (so any text encodes), digits split, no
 normalization, a dummy prefix, and the infilling pieces ▁<PRE> ▁<SUF> ▁<MID> ▁<EOT> as user-defined symbols

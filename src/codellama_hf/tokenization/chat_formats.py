@@ -2,7 +2,7 @@
 
 Meta builds a prompt from separate SentencePiece calls (each with its own dummy prefix) joined by control ids. The
 builders here return that plan as units: a `str` is one SentencePiece call (no BOS/EOS), a `Control` is one control
-id (BOS, EOS or 70b's `<step>`). The tokenizer encodes the plan into ids, and chat_rendering.py renders it into the
+id (BOS, EOS or 70b's `<step>`). The tokenizer encodes the plan into ids, and rendered.py renders it into the
 string that `apply_chat_template(tokenize=False)` returns. The Jinja templates below are for tools that render a
 string and tokenize it with special tokens matched (vLLM, TGI, stock Transformers): they render the same string, in
 which the space in front of a body stands for the dummy prefix of its separate call.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
