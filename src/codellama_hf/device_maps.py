@@ -62,12 +62,13 @@ def _quantization_config(quantization: str, dtype: str):
 def auto_device_map(config, *, max_memory, dtype: str = "bfloat16", quantization: str = "none") -> dict:
     """The device map `from_pretrained(..., device_map="auto", max_memory=max_memory)` makes, on the meta device.
 
-    It runs Transformers' own planning step (the private `_get_device_map`, pinned by constraints.txt) on a model
-    with no storage, so a 70B plans in a second; tests check it against real loads of small checkpoints.
+    It runs Transformers' own planning step (the private `_get_device_map`, through `_compat`) on a model with no
+    storage, so a 70B plans in a second; tests check it against real loads of small checkpoints. Where Transformers
+    no longer has that step, accelerate's public planner makes the plan, without the quantizer's memory reserve.
     """
     import torch
-    from transformers.integrations.accelerate import _get_device_map
 
+    from . import _compat
     from .modeling import CodeLlamaForCausalLM
 
     check_choice(dtype, tuple(DTYPE_BYTES), "dtype")
@@ -87,7 +88,21 @@ def auto_device_map(config, *, max_memory, dtype: str = "bfloat16", quantization
                                        checkpoint_files=None, use_kernels=False)
     # Planning for GPUs this machine lacks is the point; accelerate warns about each one.
     with _quiet("accelerate.utils.modeling"):
-        return dict(_get_device_map(model, "auto", parse_max_memory(max_memory), quantizer))
+        planner = _compat.get_device_map() or _public_device_map
+        return dict(planner(model, "auto", parse_max_memory(max_memory), quantizer))
+
+
+def _public_device_map(model, device_map: str, max_memory: dict, hf_quantizer) -> dict:
+    """The fallback planner: accelerate's balanced memory and infer_auto_device_map, as Transformers' step runs them,
+    less what only the quantizer knows (its reserve per device)."""
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+
+    from . import _compat
+
+    split = _compat.no_split_modules(model)
+    return infer_auto_device_map(model, max_memory=get_balanced_memory(model, max_memory=max_memory,
+                                                                       no_split_module_classes=split),
+                                 no_split_module_classes=split)
 
 
 def estimate_memory(config, *, dtype: str = "bfloat16", quantization: str = "none", context: int | None = None,

@@ -2,6 +2,7 @@
 
 from transformers import LlamaForCausalLM, LlamaModel
 
+from . import _compat
 from .configuration import CodeLlamaConfig
 from .errors import UserInputError
 
@@ -37,7 +38,7 @@ def keep_loaded_4bit_state_for_saving(model) -> None:
     """
     for module in model.modules():
         state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is None or not getattr(module, "support_avx512bf16_for_cpu", False):
+        if state is None or not _compat.bnb_repacks_for_cpu(module):
             continue
         module._loaded_4bit_scales = {k: getattr(state, k, None) for k in _SCALE_FIELDS}
         module.register_state_dict_post_hook(_restore_loaded_4bit_scales)

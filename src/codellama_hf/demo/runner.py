@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -122,12 +123,11 @@ def _run(root: Path, preset: Variant, source: Path | None, max_new_tokens: int, 
         for note in notes if not synthetic else ():
             say(f"      converter warning: {note}")
     with steps.step("load", "load it (AutoModelForCausalLM.from_pretrained)"):
-        with _progress_bars(enabled=not synthetic), _optional_kernel_notice() as missing:
+        with _progress_bars(enabled=not synthetic), _optional_kernel_notice() as notice:
             model, tok, result.loaded_as = _load(hf_dir)  # a bar for 21 tiny tensors is noise
         say(f"      loaded as {result.loaded_as}, device {_devices(model)}")
-        if missing:
-            say("      bitsandbytes runs its built-in CPU 4-bit kernel: its optional faster one comes from the hub "
-                "through the `kernels` package, not installed here (docs/big-models.md); same model, other speed")
+        for line in notice:
+            say(line)
     if can_infill:
         with steps.step("infill", 'infill through pipeline("code-infilling")'):
             result.infill = _infill(model, tok, max_new_tokens)
@@ -165,29 +165,62 @@ def _progress_bars(*, enabled: bool):
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
-# bitsandbytes 0.50 logs this at import on AVX512-BF16 CPUs when the optional `kernels` package is missing; it then
-# uses its built-in CPU kernel. A newcomer reads "Failed ... Please make sure you already pip install" as a failure.
-OPTIONAL_KERNEL_LOG = ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community")
+# Loggers whose lines during the demo's 4-bit load are about bitsandbytes' optional CPU kernel: bitsandbytes' CPU
+# backend asks `kernels` for it when imported (on AVX512-BF16 CPUs), and `kernels` reports on its hub check. Held back
+# by logger, not by wording, and replaced by one line of ours only when bitsandbytes' own state says it looked for the
+# kernel; otherwise they pass through untouched.
+OPTIONAL_KERNEL_LOGGERS = ("bitsandbytes.backends.cpu", "kernels")
+
+
+def optional_kernel_line(state: str | None, *, kernels_installed: bool) -> str | None:
+    """The demo's line about bitsandbytes' optional CPU kernel, from `_compat.bnb_optional_cpu_kernel()`'s state."""
+    if state == "loaded":
+        return ("      bitsandbytes runs its optional faster CPU 4-bit kernel, fetched from the hub through the "
+                "`kernels` package (docs/big-models.md)")
+    if state != "missing":
+        return None
+    why = ("the `kernels` package is installed but did not deliver it (offline, or the hub or its trust check "
+           "refused)" if kernels_installed else "through the `kernels` package, not installed here")
+    return (f"      bitsandbytes runs its built-in CPU 4-bit kernel: its optional faster one comes from the hub {why} "
+            f"(docs/big-models.md); same model, other speed")
 
 
 @contextmanager
 def _optional_kernel_notice():
-    """Hold back bitsandbytes' line about its optional hub kernel; the list says whether it came."""
-    name, start = OPTIONAL_KERNEL_LOG
-    seen: list[str] = []
+    """Hold back what the optional-kernel loggers say; the list gets the line that explains it, if one does."""
+    from .. import _compat
 
-    def hold_back(record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith(start):
-            seen.append(record.getMessage())
-            return False
-        return True
-
-    log = logging.getLogger(name)
-    log.addFilter(hold_back)
+    held: list[logging.LogRecord] = []
+    hold = logging.Handler()
+    hold.emit = held.append
+    saved = {}
+    for name in OPTIONAL_KERNEL_LOGGERS:  # children (created now or during the load) propagate to these, and stop
+        log = logging.getLogger(name)
+        saved[name] = (log.handlers, log.propagate)
+        log.handlers, log.propagate = [hold], False
+    notice: list[str] = []
     try:
-        yield seen
+        yield notice
     finally:
-        log.removeFilter(hold_back)
+        for name, (handlers, propagate) in saved.items():
+            log = logging.getLogger(name)
+            log.handlers, log.propagate = handlers, propagate
+        line = optional_kernel_line(_compat.bnb_optional_cpu_kernel() if "bitsandbytes" in sys.modules else None,
+                                    kernels_installed=_importable("kernels"))
+        if line is not None:
+            notice.append(line)
+        else:  # nothing of ours explains them: let them through as they were
+            for record in held:
+                logging.getLogger(record.name).handle(record)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it (import blocked)
+        return False
 
 
 def _load(folder: Path):

@@ -21,8 +21,10 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationMixin, StaticCache
+from transformers import StaticCache
 from transformers.generation.configuration_utils import GenerationMode
+
+from .. import _compat
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,11 @@ def fast_sample(model, input_ids, logits_processor, stopping_criteria, generatio
     if streamer is not None:
         streamer.put(input_ids.cpu())  # what generate does before its loop, skipped for a custom_generate
     length = cache_bucket(generation_config.max_length)
-    if length > MAX_BUCKET:  # a static cache and its prefill mask would cost more than they save
-        return GenerationMixin._sample(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                                       synced_gpus=False, streamer=streamer, **model_kwargs)
+    # Past MAX_BUCKET a static cache and its prefill mask would cost more than they save; without generate's prepared
+    # pad id the loop could not pad finished rows as the stock loop does.
+    if length > MAX_BUCKET or not _compat.has_prepared_pad(generation_config):
+        return _compat.stock_sample(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                                    synced_gpus=False, streamer=streamer, **model_kwargs)
     out_device, device = input_ids.device, model.device
     input_ids = input_ids.to(device)
     model_kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
@@ -88,7 +92,7 @@ def _decode(model, input_ids, model_kwargs, cache, cache_length, logits_processo
     batch, prompt = input_ids.shape
     device = input_ids.device
     model_kwargs["cache"] = cache
-    outputs = model._prefill(input_ids, generation_config, model_kwargs)  # eager, as in the stock loop
+    outputs = _compat.prefill(model, input_ids, generation_config, model_kwargs)  # eager, as in the stock loop
     logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
     del outputs
 
@@ -101,7 +105,7 @@ def _decode(model, input_ids, model_kwargs, cache, cache_length, logits_processo
     ids = input_ids.new_empty(batch, max_length)
     ids[:, :prompt] = input_ids
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
-    pad = generation_config._pad_token_tensor
+    pad = _compat.pad_token_tensor(generation_config)
     masks_finished = pad is not None and any(hasattr(c, "eos_token_id") for c in stopping_criteria)
     forward = plan.forward or model.__call__
     stop = StopWatch(lag=plan.lag, batch=batch, device=device, streamer=streamer)
@@ -143,20 +147,8 @@ def decode_step(model, forward, inputs: dict):
         return model.__call__(**inputs).logits[:, -1].to(copy=True, dtype=torch.float32), model.__call__
 
 
-def _compile_errors() -> tuple[type, ...]:
-    """What torch raises when it cannot compile (tracing or backend), not when a compiled step fails to run."""
-    from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError, Unsupported
-
-    found = [BackendCompilerFailed, TorchRuntimeError, Unsupported]
-    try:
-        from torch._inductor.exc import InductorError  # torch >= 2.7 raises it for inductor's own failures
-        found.append(InductorError)
-    except ImportError:
-        pass
-    return tuple(found)
-
-
-COMPILE_ERRORS = _compile_errors()
+# What torch raises when it cannot compile (tracing or backend), not when a compiled step fails to run.
+COMPILE_ERRORS = _compat.compile_errors()
 
 
 class StopWatch:

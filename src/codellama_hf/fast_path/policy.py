@@ -17,6 +17,7 @@ import torch
 from transformers import CompileConfig, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.configuration_utils import GenerationMode
 
+from .. import _compat
 from ..errors import UserInputError
 from .loop import MIN_BUCKET, DecodePlan, cache_bucket, fast_sample
 
@@ -80,11 +81,11 @@ def model_cannot_compile(model) -> str | None:
     placed = set(getattr(model, "hf_device_map", {}).values())
     if "disk" in placed or ("cpu" in placed and len(placed) > 1):
         return f"layers are offloaded ({', '.join(sorted(map(str, placed)))}), which torch.compile does not support"
-    attention = getattr(model.config, "_attn_implementation", None)
+    attention = _compat.attn_implementation(model.config)
     if attention not in ("sdpa", "eager"):  # the decode step's full-length mask suits these two mask builders only
         return f"its attention implementation {attention!r} is not one the fast path runs (sdpa or eager)"
-    if not hasattr(model, "_prefill"):
-        return "this Transformers has no GenerationMixin._prefill (the fast path needs Transformers 5.24 or later)"
+    if (missing := _compat.fast_path_missing(model)) is not None:
+        return f"{missing} (the fast path needs Transformers 5.24 or later)"
     return None
 
 
@@ -96,7 +97,7 @@ def call_needs_stock_loop(model, generate_kwargs: dict) -> bool:
     if set(generate_kwargs) - GENERATION_FIELDS - LOOP_KWARGS - {"assistant_model", "assistant_tokenizer"}:
         return True  # model inputs beyond ids, mask and positions
     fields = {k: v for k, v in generate_kwargs.items() if k in GENERATION_FIELDS}
-    config, _ = model._prepare_generation_config(generate_kwargs.get("generation_config"), **fields)
+    config = _compat.prepare_generation_config(model, generate_kwargs.get("generation_config"), **fields)
     mode = config.get_generation_mode(generate_kwargs.get("assistant_model"))
     return (mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE) or config.return_dict_in_generate
             or config.cache_implementation is not None or config.use_cache is False
@@ -183,5 +184,5 @@ class FastPathPipeline:
     def _prepare_generate_kwargs(self, generate_kwargs: dict, **overrides) -> dict:
         generate_kwargs = dict(generate_kwargs)
         fast = generate_kwargs.pop("fast", None)
-        kwargs = super()._prepare_generate_kwargs(generate_kwargs, **overrides)
+        kwargs = _compat.pipeline_generate_kwargs(self, super(), generate_kwargs, **overrides)
         return with_fast_path(self.model, kwargs, fast=fast, default=self._fast_default())

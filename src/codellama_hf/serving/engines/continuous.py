@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ... import _compat
 from .base import Engine, Submission
 from ..protocol import ServingError
 
@@ -77,7 +78,7 @@ class ContinuousEngine(Engine):
         # requests get a new manager, so one bad batch does not take the server down.
         manager = self._manager
         healthy = (manager is not None and manager.is_running()
-                   and manager.background_thread_status.can_accept_new_requests() is None)
+                   and _compat.manager_accepts_requests(manager))
         if restart or not healthy:
             logger.warning("the continuous batching loop had stopped; starting a new one")
             if manager is not None:
@@ -136,8 +137,7 @@ class ContinuousEngine(Engine):
         self._rids.pop(rid, None)
         manager = self._manager
         if manager is not None:  # a cancelled request never finishes, so its handler would stay registered
-            with manager.output_router._lock:
-                manager.output_router.result_handlers.pop(rid, None)
+            _compat.forget_result_handler(manager, rid)
 
     def _cancel(self, sub: Submission) -> None:
         self._release(sub)
