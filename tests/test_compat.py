@@ -39,8 +39,8 @@ def prompt():
 # ----- Transformers: the fast path -----------------------------------------------------------------------------------
 
 def test_the_fast_path_runs_here(tiny_model):
-    if _compat.fast_path_missing(tiny_model) is not None:
-        pytest.skip(f"this Transformers lacks what the fast path needs: {_compat.fast_path_missing(tiny_model)}")
+    if (missing := _compat.fast_path_missing(tiny_model)) is not None:
+        pytest.skip(f"this Transformers lacks what the fast path needs: {missing}")
     routed = with_fast_path(tiny_model, prompt(), fast=True)
     assert routed.get("custom_generate") is fast_sample  # so the removals below take away a path that was taken
     assert torch.equal(greedy(tiny_model, routed), greedy(tiny_model, prompt()))
@@ -81,12 +81,25 @@ def test_without_the_prepared_pad_id_the_loop_hands_the_call_to_the_stock_loop(t
     assert len(off_lines(caplog)) == 1 and "_pad_token_tensor" in off_lines(caplog)[0]
 
 
-def test_without_the_pipeline_hook_the_call_keywords_go_over_the_pipeline_config(caplog):
-    pipe = types.SimpleNamespace(generation_config=GenerationConfig(max_new_tokens=3))
+def test_without_the_pipeline_hook_our_pipelines_merge_their_defaults_as_it_does(caplog):
+    model = types.SimpleNamespace(generation_config=GenerationConfig(temperature=0.2))
+    pipe = types.SimpleNamespace(model=model, _default_generation_config=GenerationConfig(
+        max_new_tokens=128, do_sample=False, temperature=0.7, num_beams=1))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        kwargs = _compat.pipeline_generate_kwargs(pipe, object(), {"do_sample": False}, max_new_tokens=7)
-    assert kwargs == {"do_sample": False, "max_new_tokens": 7, "generation_config": pipe.generation_config}
+        kwargs = _compat.pipeline_generate_kwargs(pipe, object(), {"do_sample": True}, eos_token_id=[2])
+        _compat.pipeline_generate_kwargs(pipe, object(), {"generation_config": model.generation_config})
+    # the call's do_sample wins; the model's temperature stays the model's; the pipeline fills max_new_tokens
+    assert kwargs == {"do_sample": True, "max_new_tokens": 128, "eos_token_id": [2]}
     assert len(off_lines(caplog)) == 1 and "_prepare_generate_kwargs" in off_lines(caplog)[0]
+
+
+def test_with_the_pipeline_hook_it_is_the_hook(caplog):
+    class Base:
+        def _prepare_generate_kwargs(self, generate_kwargs, **overrides):
+            return {"from": "hook", **generate_kwargs, **overrides}
+
+    assert _compat.pipeline_generate_kwargs(None, Base(), {"a": 1}, b=2) == {"from": "hook", "a": 1, "b": 2}
+    assert off_lines(caplog) == []
 
 
 # ----- torch ---------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ PRIVATE_NAMES = (
     ("transformers", "GenerationConfig._pad_token_tensor", "5.19.0, 5.25.0", "fast path"),
     ("transformers", "PretrainedConfig._attn_implementation", "5.19.0, 5.25.0", "fast path"),
     ("transformers", "Pipeline._prepare_generate_kwargs (extended hook)", "5.25.0 (absent in 5.19)",
-     "pipelines pass the call's keywords over their generation_config, as 5.19's pipelines do"),
+     "our pipelines merge their defaults themselves"),
     ("transformers", "ContinuousBatchingManager.output_router._lock/.result_handlers", "5.25.0",
      "serving: unregistering a cancelled request's handler"),
     ("transformers", "ContinuousBatchingManager.background_thread_status", "5.25.0",
@@ -107,11 +107,18 @@ def no_split_modules(model) -> list[str]:
 FAST_PATH_NAMES = ("_prefill", "_sample", "_prepare_generation_config")
 
 
-def fast_path_missing(model) -> str | None:
-    """Why the fast path cannot run on this Transformers (a private name it needs is gone), or None."""
+def fast_path_missing(model=None) -> str | None:
+    """Why the fast path cannot run on this Transformers (a private name it needs is gone), or None.
+    Without a model, asks of Transformers' Llama, which ours subclasses."""
+    if model is None:
+        from transformers import LlamaForCausalLM as model
     for name in FAST_PATH_NAMES:
         if not callable(getattr(model, name, None)):
             return f"transformers {_version('transformers')} has no GenerationMixin.{name}"
+    import inspect
+
+    if "cache" not in inspect.signature(model.forward).parameters:  # 5.19's forward takes `past_key_values`
+        return f"transformers {_version('transformers')}'s forward takes no `cache` argument"
     return None
 
 
@@ -154,16 +161,25 @@ def pad_token_tensor(generation_config):
 
 def pipeline_generate_kwargs(pipeline, base, generate_kwargs: dict, **overrides) -> dict:
     """`Pipeline._prepare_generate_kwargs` (the hook the fast path's pipelines extend, Transformers 5.2x), through
-    `base` (the `super()` of the caller); where it is missing, what older pipelines pass to `generate`: the call's
-    keywords over the pipeline's own `generation_config`."""
+    `base` (the `super()` of the caller); where it is missing, the same merge: the call's keywords, and the
+    pipeline's defaults where neither the call nor the model's generation config sets them."""
     hook = getattr(base, "_prepare_generate_kwargs", None)
     if hook is not None:
         return hook(generate_kwargs, **overrides)
-    switched_off("pipelines' own generation defaults", f"transformers {_version('transformers')}'s Pipeline has no "
-                 f"_prepare_generate_kwargs; the call's keywords go over the pipeline's generation_config")
-    kwargs = {**generate_kwargs, **overrides}
-    if "generation_config" not in kwargs and getattr(pipeline, "generation_config", None) is not None:
-        kwargs["generation_config"] = pipeline.generation_config
+    switched_off("Transformers' merge of pipeline generation defaults", f"transformers {_version('transformers')}'s "
+                 f"Pipeline has no _prepare_generate_kwargs; our pipelines merge their defaults themselves")
+    from transformers import GenerationConfig
+
+    kwargs = dict(generate_kwargs)
+    defaults = getattr(pipeline, "_default_generation_config", None)  # our pipelines' own class attribute
+    if defaults is not None and "generation_config" not in kwargs:
+        # as the hook does: a pipeline default only where neither the call nor the model's generation config sets it
+        model_config, stock = pipeline.model.generation_config, GenerationConfig()
+        for key, value in defaults.to_diff_dict().items():
+            if key != "transformers_version" and key not in kwargs \
+                    and getattr(model_config, key, None) == getattr(stock, key, None):
+                kwargs[key] = value
+    kwargs.update(overrides)
     return kwargs
 
 
