@@ -195,7 +195,7 @@ def _load(folder: Path):
                                                          device_map="auto")
             with torch.no_grad():  # bitsandbytes can import yet lack a kernel for this device: find out now
                 model(torch.tensor([[tok.bos_token_id]], device=model.device))
-            return model, tok, "4-bit nf4 (bitsandbytes, double quantization), bfloat16 compute"
+            return model, tok, "4-bit nf4 (bitsandbytes), double quantization, bfloat16 compute"
         except Exception as e:  # any failure of the optional 4-bit path falls back to bf16, saying why
             why = f"4-bit failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map="auto")
