@@ -277,8 +277,8 @@ def test_encode_text_is_sentencepieces_ids_for_the_text(tiny_vocabs, load_tokeni
     """encode_text reads nothing in the string: markers, control strings and rendered-chat openings stay text. The
     truth: SentencePiece with its user-defined pieces made control pieces (which it never matches in text)."""
     tok, ref = load_tokenizer(tiny_vocabs[vocab])
-    marked = ["def f():\n    <FILL_ME>\n", "a <FILL_ME> b <FILL_ME>", "print('</s><s>')  # <EOT>", "<s>[INST] x [/INST]",
-              " <PRE> a <SUF> b <MID> <step>"]
+    marked = ["def f():\n    <FILL_ME>\n", "a <FILL_ME> b <FILL_ME>", "print('</s><s>')  # <EOT>",
+              "<s>[INST] x [/INST]", " <PRE> a <SUF> b <MID> <step>"]
     for text in marked + EDGE_CASES + snippets[:50]:
         assert tok.encode_text(text) == ref.encode_text(text), text
         assert tok.encode_text(text, add_special_tokens=False) == ref.encode_text(text, bos=False), text

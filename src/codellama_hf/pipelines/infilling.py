@@ -1,8 +1,8 @@
 """`pipeline("code-infilling")`: code with a gap in, the completed code out.
 
 Orchestration only: the prompt ids come from CodeLlamaTokenizer (Meta's `infilling_prompt_tokens`), the middle is
-decoded by its `decode_infilling`, whether the model infills and its stop ids come from `capabilities()`, and decoding on CUDA takes
-the fast path (`codellama_hf.fast_path`).
+decoded by its `decode_infilling`, whether the model infills and its stop ids come from `capabilities()`, and
+decoding on CUDA takes the fast path (`codellama_hf.fast_path`).
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def install_text_generation() -> None:
     A patch of Transformers' task table (`PIPELINE_REGISTRY.supported_tasks`, the same dict as
     `transformers.pipelines.SUPPORTED_TASKS`), kept because no public call serves: `pipeline()` has no hook for
     the class of a built-in task, and `PIPELINE_REGISTRY.register_pipeline` replaces the whole entry (so it would
-    have to repeat the stock models and default) and warns on every import that the task already exists. tests/test_pipelines.py checks the
-    entry's shape, so an upstream change of the table fails there first."""
+    have to repeat the stock models and default) and warns on every import that the task already exists.
+    tests/test_pipelines.py checks the entry's shape, so an upstream change of the table fails there first."""
     task = PIPELINE_REGISTRY.supported_tasks[TASK]
     stock = (TextGenerationPipeline, f"{TextGenerationPipeline.__module__}.{TextGenerationPipeline.__name__}")
     if task["impl"] in stock:  # Transformers names it lazily, as a string; another library's class stays

@@ -12,9 +12,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..configuration import capabilities
 from ..errors import UserInputError
 from ..tokenization.rendered import looks_rendered
-from ..configuration import capabilities
 from ..variants import INFILLING_VARIANTS, INSTRUCT_VARIANTS
 from .engines.base import Engine, Submission
 from .prompts import extra_context, split_literal_template
@@ -80,8 +80,9 @@ class Service:
         """A plain prompt: BOS and SentencePiece's ids for the text (`encode_text`). Text never becomes a control id:
         a `<FILL_ME>` in it is text, and literal templates are parsed only by /completion (template_ids)."""
         if looks_rendered(text):  # its '<s>'/'</s>' would be text: the client meant a chat
-            raise ServingError(f"{param} {text[:24]!r}... starts like a rendered Code Llama chat, whose '<s>' and '</s>' "
-                               f"would be plain text here; send the messages to /v1/chat/completions", param=param)
+            raise ServingError(f"{param} {text[:24]!r}... starts like a rendered Code Llama chat, whose '<s>' and "
+                               f"'</s>' would be plain text here; send the messages to /v1/chat/completions",
+                               param=param)
         try:
             return self.tokenizer.encode_text(text)
         except UserInputError as e:
