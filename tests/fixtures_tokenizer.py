@@ -114,6 +114,21 @@ class MetaReference:
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)
 
+    def encode_text(self, s: str, bos: bool = True) -> list[int]:
+        """SentencePiece's ids for `s` as text: the same model with its user-defined pieces (` <PRE>`, `<step>`)
+        made control pieces, which SentencePiece never matches in text (as it never matches `<s>`)."""
+        if not hasattr(self, "_text_sp"):
+            import sentencepiece as spm
+            from sentencepiece import sentencepiece_model_pb2 as pb
+
+            proto = pb.ModelProto()
+            proto.ParseFromString(self.sp.serialized_model_proto())
+            for p in proto.pieces:
+                if p.type == pb.ModelProto.SentencePiece.USER_DEFINED:
+                    p.type = pb.ModelProto.SentencePiece.CONTROL
+            self._text_sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        return [self.bos_id] * bos + self._text_sp.encode(s)
+
     def encode_infilling(self, s: str) -> list[int]:
         return self.sp.encode("☺" + s)[2:]
 

@@ -133,3 +133,95 @@ def test_stock_config_of_a_non_code_llama_model_loads_with_facts_unknown(tmp_pat
     c = CodeLlamaConfig.from_pretrained(_stock_llama_config(tmp_path, **fields))
     assert (c.variant, c.infilling, c.prefix_token_id) == (None, None, None)
     assert c.hidden_size == 4096 and math.isclose(c.rope_parameters["rope_theta"], 1e4)
+
+
+# ----- capabilities(): the one place for what a model can do ------------------------------------------------------
+
+README_CHAT = {"none": "—", "inst": "`[INST]`", "step": "`Source:`/`<step>`"}
+
+
+def _readme_variant_rows() -> dict[str, list[str]]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| CodeLlama-")]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def test_readme_variant_table_says_what_capabilities_says():
+    from codellama_hf.configuration import capabilities
+
+    rows = _readme_variant_rows()
+    assert list(rows) == list(VARIANTS)
+    for name, (infilling, chat, context, *_) in rows.items():
+        caps = capabilities(CodeLlamaConfig.from_variant(name))
+        assert (infilling, chat, context) == (caps.infilling, README_CHAT[caps.chat_format], f"{caps.context:,}"), name
+
+
+@pytest.mark.parametrize("name, infilling, stops", [
+    ("CodeLlama-7b", "trained", (2, 32010)), ("CodeLlama-7b-Python", "no", (2,)),
+    ("CodeLlama-34b-Instruct", "no", (2,)), ("CodeLlama-70b-Python", "tokens only", (2, 32010)),
+    ("CodeLlama-70b-Instruct", "tokens only", (2, 32010, 32015))])
+def test_capabilities_of_each_kind_with_its_tokenizer(tiny_vocabs, load_tokenizer, name, infilling, stops):
+    """The tiny vocabularies keep the real ids' order but not their values, so the model's ids come from them."""
+    from codellama_hf.configuration import capabilities
+
+    kind = "step" if name.endswith("70b-Instruct") else "fim" if CodeLlamaConfig.from_variant(name).prefix_token_id \
+        else "plain"
+    tok, _ = load_tokenizer(tiny_vocabs[kind])
+    ids = {k: v for k, v in tok.control_token_ids.items() if v is not None}
+    config = CodeLlamaConfig.from_variant(name, vocab_size=tok.vocab_size, **ids)
+    caps = capabilities(config, tok)
+    assert caps.infilling == infilling and caps.variant == name
+    real = {2: 2, 32010: ids.get("eot_token_id"), 32015: ids.get("step_token_id")}
+    assert caps.stop_token_ids == tuple(real[i] for i in stops)
+    assert (caps.fim_token_ids is None) == (infilling == "no")
+    assert caps.chat_format == config.chat_format and caps.context == config.max_position_embeddings
+
+
+def test_a_config_that_fits_no_variant_lets_the_tokenizers_pieces_decide(tmp_path, tiny_vocabs, load_tokenizer):
+    from codellama_hf.configuration import capabilities
+
+    fields = _hub_fields("CodeLlama-7b-Python") | {"rope_theta": 10000.0, "max_position_embeddings": 4096}
+    config = CodeLlamaConfig.from_pretrained(_stock_llama_config(tmp_path, **fields))
+    fim, _ = load_tokenizer(tiny_vocabs["fim"])
+    plain, _ = load_tokenizer(tiny_vocabs["plain"])
+    assert capabilities(config, fim).infilling == "trained"
+    assert capabilities(config, fim).fim_token_ids == {k: fim.control_token_ids[k] for k in
+                                                      ("prefix_token_id", "suffix_token_id", "middle_token_id",
+                                                       "eot_token_id")}
+    assert capabilities(config, plain).infilling == "no"
+    assert capabilities(None, fim).infilling == "trained" and capabilities(None, plain).fim_token_ids is None
+
+
+def test_a_tokenizer_whose_infilling_ids_are_not_the_models_means_no(tiny_vocabs, load_tokenizer):
+    from codellama_hf.configuration import capabilities
+
+    tok, _ = load_tokenizer(tiny_vocabs["fim"])
+    caps = capabilities(CodeLlamaConfig.from_variant("CodeLlama-7b"), tok)  # the model's ids are 32007..., not tiny
+    assert caps.infilling == "no" and not caps.tokenizer_fits and "load the tokenizer from the model's folder" in \
+        caps.infilling_refusal
+
+
+def test_a_stock_llama_config_object_is_identified(tmp_path):
+    from transformers import LlamaConfig
+
+    from codellama_hf.configuration import capabilities
+
+    stock = LlamaConfig.from_pretrained(_stock_llama_config(tmp_path, **_hub_fields("CodeLlama-7b-Python")))
+    caps = capabilities(stock)
+    assert (caps.variant, caps.infilling, caps.context) == ("CodeLlama-7b-Python", "no", 16384)
+
+
+def test_bad_user_input_is_one_error_type_in_every_layer():
+    from codellama_hf.errors import UserInputError
+    from codellama_hf.tokenization import resolve_chat_format
+    from codellama_hf.variants import get_variant
+
+    with pytest.raises(UserInputError, match="'Llama-2-7b'"):
+        get_variant("Llama-2-7b")
+    with pytest.raises(UserInputError, match="'chatml'"):
+        resolve_chat_format("chatml", variant=None, folder=None)
+    with pytest.raises(StrictDataclassClassValidationError) as err:  # huggingface_hub wraps what the check raises
+        CodeLlamaConfig(chat_format="chatml")
+    assert isinstance(err.value.__cause__, UserInputError)

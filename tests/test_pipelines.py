@@ -356,3 +356,18 @@ def test_a_hub_id_decides_the_chat_format_of_a_bare_tokenizer(tiny_vocabs):
     assert resolve_chat_format(None, variant=None, folder="codellama/CodeLlama-70b-Instruct-hf") == "step"
     assert resolve_chat_format(None, variant=None, folder="codellama/CodeLlama-13b-Instruct-hf") == "inst"
     assert resolve_chat_format(None, variant=None, folder="someone/CodeLlama-13b-Instruct-GGUF") == "none"
+
+
+def test_the_text_generation_entry_we_patch_still_has_the_shape_we_copy():
+    """install_text_generation() swaps only "impl" in Transformers' task table; this fails first when the table
+    moves or its entry changes shape, so that the patch is revisited."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pipelines import PIPELINE_REGISTRY, SUPPORTED_TASKS, TextGenerationPipeline
+
+    from codellama_hf.pipelines import CodeLlamaTextGenerationPipeline
+
+    entry = PIPELINE_REGISTRY.supported_tasks["text-generation"]
+    assert PIPELINE_REGISTRY.supported_tasks is SUPPORTED_TASKS
+    assert set(entry) == {"impl", "pt", "default", "type"} and entry["type"] == "text"
+    assert entry["impl"] is CodeLlamaTextGenerationPipeline and issubclass(entry["impl"], TextGenerationPipeline)
+    assert AutoModelForCausalLM in entry["pt"]

@@ -270,3 +270,26 @@ def test_bos_eos_choice_survives_a_folder_that_also_holds_tokenizer_model(tiny_v
     again = CodeLlamaTokenizer.from_pretrained(folder)
     assert (again.add_bos_token, again.add_eos_token) == (True, True)
     assert again("x = 1")["input_ids"] == ref.encode("x = 1", bos=True, eos=True)
+
+
+@pytest.mark.parametrize("vocab", ["fim", "step", "plain"])
+def test_encode_text_is_sentencepieces_ids_for_the_text(tiny_vocabs, load_tokenizer, snippets, vocab):
+    """encode_text reads nothing in the string: markers, control strings and rendered-chat openings stay text. The
+    truth: SentencePiece with its user-defined pieces made control pieces (which it never matches in text)."""
+    tok, ref = load_tokenizer(tiny_vocabs[vocab])
+    marked = ["def f():\n    <FILL_ME>\n", "a <FILL_ME> b <FILL_ME>", "print('</s><s>')  # <EOT>",
+              "<s>[INST] x [/INST]", " <PRE> a <SUF> b <MID> <step>"]
+    for text in marked + EDGE_CASES + snippets[:50]:
+        assert tok.encode_text(text) == ref.encode_text(text), text
+        assert tok.encode_text(text, add_special_tokens=False) == ref.encode_text(text, bos=False), text
+        assert tok.decode(tok.encode_text(text, add_special_tokens=False)) == text
+    if vocab != "plain":  # encode reads the marker (an infilling prompt); encode_text does not
+        assert tok.encode("def f():\n    <FILL_ME>\n") != tok.encode_text("def f():\n    <FILL_ME>\n")
+
+
+def test_encode_text_refuses_what_is_not_text(tiny_vocabs, load_tokenizer):
+    from codellama_hf.errors import UserInputError
+
+    tok, _ = load_tokenizer(tiny_vocabs["fim"])
+    with pytest.raises(UserInputError, match="takes a string, got list"):
+        tok.encode_text(["a"])

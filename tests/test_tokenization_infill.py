@@ -80,5 +80,5 @@ def test_marker_and_suffix_together_or_twice_is_refused(tiny_vocabs, load_tokeni
     tok, _ = load_tokenizer(tiny_vocabs["fim"])
     with pytest.raises(UserInputError, match="suffix= is given too"):
         tok("a<FILL_ME>b", suffix="c")
-    with pytest.raises(UserInputError, match="2 times"):
+    with pytest.raises(UserInputError, match="holds 2 fill markers"):
         tok("a<FILL_ME>b<FILL_ME>c")

@@ -33,3 +33,17 @@ def test_infilling_and_vocab_follow_the_paper():
         python_or_34b = (size in ("7b", "13b") and v.flavor == "python") or size == "34b"
         assert v.vocab_size == (32000 if python_or_34b else 32016), v.name
         assert v.chat_format == {"instruct": "step" if size == "70b" else "inst"}.get(v.flavor, "none"), v.name
+
+
+def test_the_one_resolver_takes_the_option_else_the_folder_name(tmp_path):
+    from codellama_hf.errors import UserInputError
+    from codellama_hf.variants import resolve_variant
+
+    assert resolve_variant(tmp_path / "CodeLlama-13b-Python").name == "CodeLlama-13b-Python"
+    assert resolve_variant(tmp_path / "my-model", variant="codellama/CodeLlama-7b-hf").name == "CodeLlama-7b"
+    with pytest.raises(UserInputError, match=r"folder name 'my-model' is not a variant name.*--variant NAME"):
+        resolve_variant(tmp_path / "my-model")
+    with pytest.raises(UserInputError, match=r"unknown Code Llama variant 'CodeLlama-7B'.*; fix --variant"):
+        resolve_variant(tmp_path / "CodeLlama-7b", variant="CodeLlama-7B")
+    with pytest.raises(UserInputError, match="'7b'"):  # get_variant's own error is the one type, unwrapped
+        get_variant("7b")

@@ -1,15 +1,19 @@
-"""CodeLlamaConfig: Llama's fields plus the Code Llama facts the converter, tokenizer and pipelines read."""
+"""CodeLlamaConfig: Llama's fields plus the Code Llama facts, and `capabilities()`: what a model and its tokenizer
+can do (infilling, FIM ids, chat format, context, stop ids), decided here once for the pipelines, the server, the
+training transform and the docs."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 from . import remote_code
-from .variants import (CHAT_FORMATS, FIM_IDS_32016, FLAVORS, PRESETS, STEP_ID_70B_INSTRUCT, Variant, get_variant,
-                       variant_in_name)
+from .errors import UserInputError
+from .variants import (CHAT_FORMATS, FIM_IDS_32016, FLAVORS, INFILLING_VARIANTS, PRESETS, STEP_ID_70B_INSTRUCT,
+                       Variant, get_variant, variant_in_name)
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +51,9 @@ class CodeLlamaConfig(LlamaConfig):
         if self.variant is not None:
             get_variant(self.variant)
         if self.flavor is not None and self.flavor not in FLAVORS:
-            raise ValueError(f"unknown flavor {self.flavor!r}; expected one of: {', '.join(FLAVORS)}")
-        if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
-            raise ValueError(f"unknown chat_format {self.chat_format!r}; expected one of: {', '.join(CHAT_FORMATS)}")
+            raise UserInputError(f"unknown flavor {self.flavor!r}; expected one of: {', '.join(FLAVORS)}")
+        if self.chat_format is not None:
+            check_chat_format(self.chat_format)
 
     @classmethod
     def from_variant(cls, name: str, **overrides) -> CodeLlamaConfig:
@@ -87,6 +91,13 @@ class CodeLlamaConfig(LlamaConfig):
             facts = identify(config_dict, name=str(pretrained_model_name_or_path))
             config_dict = {**config_dict, **facts, "model_type": MODEL_TYPE}
         return config_dict, kwargs
+
+
+def check_chat_format(chat_format: str) -> str:
+    """The chat format, if it is one of CHAT_FORMATS; else UserInputError naming them (config and tokenizer alike)."""
+    if chat_format not in CHAT_FORMATS:
+        raise UserInputError(f"unknown chat_format {chat_format!r}; expected one of: {', '.join(CHAT_FORMATS)}")
+    return chat_format
 
 
 def preset_fields(v: Variant) -> dict:
@@ -136,3 +147,90 @@ def identify(config_dict: dict, *, name: str | None = None) -> dict:
     if "variant" not in facts:
         logger.info("checkpoint fits %d variants; the variant is unknown", len(matches))
     return facts
+
+
+def code_llama_facts(config) -> CodeLlamaConfig:
+    """The model's CodeLlamaConfig; a stock Llama config (a `--format llama` folder loaded as Llama) is identified."""
+    if isinstance(config, CodeLlamaConfig):
+        return config
+    fields = {**config.to_dict(), **identify(config.to_dict(), name=getattr(config, "_name_or_path", None))}
+    fields.pop("model_type", None)
+    return CodeLlamaConfig(**fields)
+
+
+INFILLING = ("trained", "tokens only", "no")  # README.md's variant table uses these words
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model with its tokenizer can do, as `capabilities()` decides it.
+
+    infilling: "trained" (Meta trained it to infill), "tokens only" (its vocab has the infilling tokens, but it was
+        not trained for infilling), "no" (it cannot infill here; `infilling_refusal` says why and what to do).
+    fim_token_ids: prefix/suffix/middle/eot ids where infilling is not "no", else None.
+    chat_format: "none" | "inst" | "step". context: the model's positions (None without a config).
+    stop_token_ids: EOS, then EOT where the vocab has it, then `<step>` for 70b-Instruct.
+    name: the variant's name, or words for the model in messages.
+    """
+
+    variant: str | None
+    name: str
+    infilling: str
+    fim_token_ids: dict[str, int] | None
+    chat_format: str
+    context: int | None
+    stop_token_ids: tuple[int, ...]
+    infilling_refusal: str | None = None
+    tokenizer_fits: bool = True  # False: the tokenizer's infilling ids are not the model's (infilling is "no")
+
+
+def capabilities(config=None, tokenizer=None) -> Capabilities:
+    """Capabilities of a model config (a CodeLlamaConfig, or a stock Llama config, identified) with its tokenizer.
+
+    Either may be None: the training transform has only a tokenizer, the docs only a preset's config. A config
+    that fits no variant (or none at all) says nothing about infilling: the tokenizer's infilling pieces decide
+    there. Where both are given, infilling ids that disagree (or lie past the model's vocab) mean "no".
+    """
+    if config is None and tokenizer is None:
+        raise UserInputError("capabilities() needs a model config, a tokenizer or both")
+    facts = code_llama_facts(config) if config is not None else None
+    pieces = None
+    if tokenizer is not None:
+        control = getattr(tokenizer, "control_token_ids", None)
+        if control is None:
+            raise UserInputError(f"{type(tokenizer).__name__!r} is not codellama_hf's CodeLlamaTokenizer; load the "
+                                 f"tokenizer with AutoTokenizer after `import codellama_hf`")
+        pieces = {k: control.get(k) for k in FIM_IDS_32016}
+    if facts is not None:
+        name = facts.variant or f"this model (vocab {facts.vocab_size})"
+    else:
+        name = f"the tokenizer {getattr(tokenizer, 'name_or_path', '') or ''!r}"
+    trained = facts.infilling if facts is not None else None
+    complete = pieces is not None and None not in pieces.values()
+    if trained is None and complete:
+        fim, trained = pieces, True
+    else:
+        fim = facts.fim_token_ids if facts is not None else None
+    refusal, fits = None, True
+    if fim is None:
+        refusal = (f"{name} has no infilling tokens, so it cannot infill; the variants trained for infilling are: "
+                   f"{', '.join(INFILLING_VARIANTS)}")
+    elif pieces is not None and facts is not None and (pieces != fim or max(fim.values()) >= facts.vocab_size):
+        fits = False
+        refusal = (f"the tokenizer's infilling ids {pieces} do not fit the model's ({fim}, vocab {facts.vocab_size}); "
+                   f"load the tokenizer from the model's folder")
+    infilling = "no" if refusal else "trained" if trained else "tokens only"
+    if facts is not None and facts.chat_format is not None:
+        chat_format = facts.chat_format
+    else:
+        chat_format = getattr(tokenizer, "chat_format", None) or "none"
+    # The config's own stop ids (its generation config's), and EOT wherever the tokenizer has the piece: a
+    # continuation that reaches it has left the code, whether or not the model was trained to write it.
+    stops = list(facts.stop_token_ids) if facts is not None else [tokenizer.eos_token_id]
+    stops[1:1] = [pieces["eot_token_id"]] if pieces is not None else []
+    return Capabilities(
+        variant=facts.variant if facts is not None else None, name=name, infilling=infilling,
+        fim_token_ids=None if refusal else dict(fim), chat_format=chat_format,
+        context=int(facts.max_position_embeddings) if facts is not None else None,
+        stop_token_ids=tuple(dict.fromkeys(i for i in stops if i is not None)), infilling_refusal=refusal,
+        tokenizer_fits=fits)

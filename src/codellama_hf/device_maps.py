@@ -20,6 +20,8 @@ from codellama_hf_core.memory import DTYPE_BYTES, QUANTIZATIONS, MemoryEstimate,
 from codellama_hf_core.memory import estimate_memory as _estimate_bytes
 from codellama_hf_core.variants import Variant, get_variant
 
+from .quantization import bitsandbytes_config
+
 _DEVICE_KEYS = ("cpu", "disk", "mps")
 
 
@@ -49,14 +51,8 @@ def parse_max_memory(spec) -> dict[int | str, int]:
 
 
 def _quantization_config(quantization: str, dtype: str):
-    import torch
-    from transformers import BitsAndBytesConfig
-
     # The fp32-offload flag only lifts the cpu/disk check; the plan itself is the one a GPU load would make.
-    return {"8bit": BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=True),
-            "4bit": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                       bnb_4bit_compute_dtype=getattr(torch, dtype),
-                                       llm_int8_enable_fp32_cpu_offload=True)}[quantization]
+    return bitsandbytes_config(quantization, compute_dtype=dtype, cpu_offload=True)
 
 
 def auto_device_map(config, *, max_memory, dtype: str = "bfloat16", quantization: str = "none") -> dict:

@@ -2,4 +2,4 @@
 
 from codellama_hf_core.variants import (CHAT_FORMATS, FIM_IDS_32016, FLAVORS, INFILLING_VARIANTS,  # noqa: F401
                                         INSTRUCT_VARIANTS, PRESETS, STEP_ID_70B_INSTRUCT, VARIANTS, Variant,
-                                        get_variant, variant_in_name)
+                                        get_variant, resolve_variant, variant_in_name)

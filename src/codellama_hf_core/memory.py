@@ -189,10 +189,7 @@ def estimate_memory(config, *, dtype: str = "bfloat16", quantization: str = "non
     if isinstance(config, str):  # a preset row has every shape needed
         from .variants import get_variant
 
-        try:
-            config = get_variant(config)
-        except ValueError as e:
-            raise UserInputError(str(e)) from None
+        config = get_variant(config)
     context = config.max_position_embeddings if context is None else context
     if context < 1 or batch < 1:
         raise UserInputError(f"context {context!r} and batch {batch!r} must be positive; pass e.g. --context 4096")

@@ -17,6 +17,9 @@ codellama/CodeLlama-70b-hf#7 asks whether the base config is right). We keep the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserInputError
 
 # Infilling control ids in the 32016-piece vocab, by the pieces ▁<PRE> ▁<SUF> ▁<MID> ▁<EOT>.
 FIM_IDS_32016 = {"prefix_token_id": 32007, "suffix_token_id": 32008, "middle_token_id": 32009, "eot_token_id": 32010}
@@ -76,12 +79,29 @@ _BY_NAME = {key: v for v in PRESETS for key in (v.name, v.hub_id)}
 
 
 def get_variant(name: str) -> Variant:
-    """The preset for Meta's folder name (`CodeLlama-7b-Python`) or hub id (`codellama/CodeLlama-7b-Python-hf`)."""
+    """The preset for Meta's folder name (`CodeLlama-7b-Python`) or hub id (`codellama/CodeLlama-7b-Python-hf`).
+    An unknown name raises UserInputError (a ValueError)."""
     try:
         return _BY_NAME[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown Code Llama variant {name!r}; expected one of: {', '.join(VARIANTS)} "
-                         f"(or their hub ids, e.g. {PRESETS[0].hub_id!r})") from None
+        raise UserInputError(f"unknown Code Llama variant {name!r}; expected one of: {', '.join(VARIANTS)} "
+                             f"(or their hub ids, e.g. {PRESETS[0].hub_id!r})") from None
+
+
+def resolve_variant(folder=None, *, variant: str | None = None) -> Variant:
+    """The one resolver for a checkpoint's variant: `variant` (a name or hub id, e.g. from --variant), else the
+    folder's own name, as Meta names its download folders (`CodeLlama-7b-Python`). Raises UserInputError naming
+    the fix."""
+    if variant:
+        try:
+            return get_variant(variant)
+        except UserInputError as e:
+            raise UserInputError(f"{e}; fix --variant") from None
+    name = Path(folder).resolve().name if folder is not None else None
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    raise UserInputError(f"the folder name {name!r} is not a variant name, as Meta names its folders; pass "
+                         f"--variant NAME, one of: {', '.join(VARIANTS)}")
 
 
 def variant_in_name(name: str) -> Variant | None:

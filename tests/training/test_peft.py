@@ -50,6 +50,28 @@ def test_every_peft_table_gets_llamas_entry_in_either_import_order(order):
     assert out["tables"] > 20 and len(out["ours_equal_llama"]) == out["tables"]
 
 
+def test_the_peft_tables_we_patch_still_have_the_shape_we_copy_into(tiny_config):
+    """peft_defaults.py copies Llama's row of each model-type table; this fails first when PEFT moves or reshapes
+    them (or Llama's rows name modules our model lacks), so that the patch is revisited, not silently wrong."""
+    from peft.tuners.adaption_prompt import config as adaption_prompt
+    from peft.utils import constants
+
+    from codellama_hf import CodeLlamaForCausalLM
+    from codellama_hf.training.peft_defaults import register_peft_defaults
+
+    done = register_peft_defaults()
+    assert "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING" in done
+    assert "adaption_prompt.TRANSFORMERS_MODEL_CONFIG" in done
+    names = {n.rsplit(".", 1)[-1] for n, _ in CodeLlamaForCausalLM(tiny_config).named_modules()}
+    for name in done:
+        table = (adaption_prompt.TRANSFORMERS_MODEL_CONFIG if name.startswith("adaption_prompt.")
+                 else getattr(constants, name))
+        assert isinstance(table, dict) and table["codellama_hf"] == table["llama"], name
+        row = table["llama"]
+        modules = [row.target_modules] if name.startswith("adaption_prompt.") else row
+        assert isinstance(modules, list) and set(modules) <= names, (name, modules)
+
+
 def _batch(vocab: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (4, 24), generator=g)

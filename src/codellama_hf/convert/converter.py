@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserInputError
-from ..variants import VARIANTS, get_variant
+from ..variants import resolve_variant
 from . import hf_files
 from .assemble import Scratch, iter_chunks
 from .layout import OutTensor, plan_tensors
@@ -52,14 +52,7 @@ def convert_meta_checkpoint(input_dir, output_dir, *, variant: str | None = None
     max_bytes = parse_size(max_shard_size)
     folder = open_meta_folder(input_dir)
     out = _check_output(Path(output_dir), folder.path, overwrite=overwrite)
-    name = variant or folder.path.resolve().name
-    try:
-        preset = get_variant(name)
-    except ValueError as e:
-        if variant:
-            raise UserInputError(f"{e}; fix --variant") from None
-        raise UserInputError(f"the folder name {name!r} is not a variant name, as Meta names its folders; pass "
-                             f"--variant NAME, one of: {', '.join(VARIANTS)}") from None
+    preset = resolve_variant(folder.path, variant=variant)
 
     if verify:
         with _bar(checksum_bytes(folder), "verify md5", quiet) as bar:

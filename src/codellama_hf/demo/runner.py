@@ -17,7 +17,8 @@ from ..convert.meta_folder import open_meta_folder
 from .checkpoint import CHAT, DEMO_VARIANT, INFILL_CODE, collect_warnings, write_demo_checkpoint
 from .report import DemoResult, Steps, describe_checkpoint, indent, summary
 from ..errors import UserInputError
-from ..variants import VARIANTS, Variant, get_variant
+from ..quantization import bitsandbytes_config
+from ..variants import Variant, get_variant, resolve_variant
 
 
 def run_demo(*, keep=None, meta_dir=None, variant: str | None = None, max_new_tokens: int = 32, seed: int = 0,
@@ -45,7 +46,7 @@ def run_demo(*, keep=None, meta_dir=None, variant: str | None = None, max_new_to
             source = open_meta_folder(meta_dir).path
         except UserInputError as e:
             raise UserInputError(f"--meta-dir: {e}") from None
-        preset = _variant_of(source, variant)
+        preset = resolve_variant(source, variant=variant)
 
     if keep_dir is None:
         with tempfile.TemporaryDirectory(prefix="codellama-hf-demo-") as tmp:
@@ -73,17 +74,6 @@ def _check_keep(keep) -> Path | None:
         raise UserInputError(f"--keep folder {str(path)!r} is not empty; pass a new or empty folder, "
                              f"or delete its contents")
     return path
-
-
-def _variant_of(source: Path, variant: str | None) -> Variant:
-    name = variant or source.resolve().name
-    try:
-        return get_variant(name)
-    except ValueError as e:
-        if variant:
-            raise UserInputError(f"{e}; fix --variant") from None
-        raise UserInputError(f"the folder name {name!r} is not a variant name, as Meta names its folders; pass "
-                             f"--variant NAME, one of: {', '.join(VARIANTS)}") from None
 
 
 def _remove_written(root: Path, *, created: bool) -> None:
@@ -232,16 +222,13 @@ def _load(folder: Path):
     if importlib.util.find_spec("bitsandbytes") is None:
         why = "bitsandbytes is not installed; pip install 'codellama-hf[bitsandbytes]' for 4-bit"
     else:
-        from transformers import BitsAndBytesConfig
-
         try:
-            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                       bnb_4bit_compute_dtype=torch.bfloat16)
+            quant = bitsandbytes_config("4bit", compute_dtype=torch.bfloat16)
             model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
                                                          device_map="auto")
             with torch.no_grad():  # bitsandbytes can import yet lack a kernel for this device: find out now
                 model(torch.tensor([[tok.bos_token_id]], device=model.device))
-            return model, tok, "4-bit nf4 (bitsandbytes), bfloat16 compute"
+            return model, tok, "4-bit nf4 (bitsandbytes), double quantization, bfloat16 compute"
         except Exception as e:  # any failure of the optional 4-bit path falls back to bf16, saying why
             why = f"4-bit failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map="auto")

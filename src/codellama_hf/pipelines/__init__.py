@@ -9,11 +9,10 @@
 from transformers import AutoModelForCausalLM
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .infilling import TASK, CodeInfillingPipeline, code_llama_facts, split_gap
+from .infilling import TASK, CodeInfillingPipeline, split_gap
 from .text_generation import CodeLlamaTextGenerationPipeline, install_text_generation
 
-__all__ = ["CodeInfillingPipeline", "CodeLlamaTextGenerationPipeline", "code_llama_facts", "register_pipeline",
-           "split_gap"]
+__all__ = ["CodeInfillingPipeline", "CodeLlamaTextGenerationPipeline", "register_pipeline", "split_gap"]
 
 
 def register_pipeline() -> None:

@@ -1,8 +1,8 @@
 """`pipeline("code-infilling")`: code with a gap in, the completed code out.
 
 Orchestration only: the prompt ids come from CodeLlamaTokenizer (Meta's `infilling_prompt_tokens`), the middle is
-decoded by its `decode_infilling`, the infilling ids and flags come from CodeLlamaConfig, and decoding on CUDA takes
-the fast path (`codellama_hf.fast_path`).
+decoded by its `decode_infilling`, whether the model infills and its stop ids come from `capabilities()`, and
+decoding on CUDA takes the fast path (`codellama_hf.fast_path`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import warnings
 import torch
 from transformers import GenerationConfig, Pipeline, TextStreamer
 
-from ..configuration import CodeLlamaConfig, identify
+from ..configuration import capabilities
 from ..errors import UserInputError
 from ..fast_path import FastPathPipeline
-from ..variants import FIM_IDS_32016, INFILLING_VARIANTS
+from ..tokenization.infilling import split_at_marker
+from ..variants import INFILLING_VARIANTS
 
 TASK = "code-infilling"
 DEFAULT_BATCH_SIZE = 8  # a list runs in batches unless the caller picks batch_size
@@ -51,21 +52,13 @@ class CodeInfillingPipeline(FastPathPipeline, Pipeline):
         super().__init__(*args, **kwargs)
         if self._batch_size is None:
             self._batch_size = DEFAULT_BATCH_SIZE
-        config = code_llama_facts(self.model.config)
-        name = config.variant or f"this model (vocab {config.vocab_size})"
-        tokenizer_ids = {k: self.tokenizer.control_token_ids.get(k) for k in FIM_IDS_32016}
-        # A Llama config no variant's shapes fit says nothing about infilling: the tokenizer's pieces decide there.
-        fim = config.fim_token_ids if config.infilling is not None or None in tokenizer_ids.values() else tokenizer_ids
-        if fim is None:
-            raise UserInputError(f"{name} has no infilling tokens, so it cannot infill; the variants trained for "
-                                 f"infilling are: {', '.join(INFILLING_VARIANTS)}")
-        if tokenizer_ids != fim or max(fim.values()) >= config.vocab_size:
-            raise UserInputError(f"the tokenizer's infilling ids {tokenizer_ids} do not fit the model's ({fim}, vocab "
-                                 f"{config.vocab_size}); load the tokenizer from the model's folder")
-        if config.infilling is False:
-            warnings.warn(f"{name} has infilling tokens but was not trained for infilling, so expect poor middles; "
-                          f"the variants trained for it are: {', '.join(INFILLING_VARIANTS)}", stacklevel=2)
-        self._stop_ids = [config.eos_token_id, fim["eot_token_id"]]
+        caps = capabilities(self.model.config, self.tokenizer)
+        if caps.infilling == "no":
+            raise UserInputError(caps.infilling_refusal)
+        if caps.infilling == "tokens only":
+            warnings.warn(f"{caps.name} has infilling tokens but was not trained for infilling, so expect poor "
+                          f"middles; the variants trained for it are: {', '.join(INFILLING_VARIANTS)}", stacklevel=2)
+        self._stop_ids = list(caps.stop_token_ids)
         self._warm_up_if_asked(warmup, kwargs.get("fast"))
 
     def _sanitize_parameters(self, suffix_first=None, max_prompt_tokens=None, return_full_text=None, fast=None,
@@ -121,19 +114,8 @@ def split_gap(inputs, *, marker: str | None) -> tuple[str, str]:
     if not isinstance(inputs, str):
         raise UserInputError(f"code-infilling takes a string with {marker!r}, a {{'prefix', 'suffix'}} dict or a "
                              f"list of them, got {type(inputs).__name__}")
-    count = inputs.count(marker) if marker else 0
-    if count != 1:
-        where = "no" if count == 0 else f"{count}"
-        raise UserInputError(f"the code holds {where} fill marker{'s' if count != 1 else ''} {marker!r}; put exactly "
-                             f"one where the middle goes, or pass {{'prefix': ..., 'suffix': ...}}")
-    prefix, suffix = inputs.split(marker)
+    prefix, suffix = split_at_marker(inputs, marker=marker)
+    if suffix is None:
+        raise UserInputError(f"the code holds no fill marker {marker!r}; put exactly one where the middle goes, or "
+                             f"pass {{'prefix': ..., 'suffix': ...}}")
     return prefix, suffix
-
-
-def code_llama_facts(config) -> CodeLlamaConfig:
-    """The model's CodeLlamaConfig; a stock Llama config (a `--format llama` folder loaded as Llama) is identified."""
-    if isinstance(config, CodeLlamaConfig):
-        return config
-    fields = {**config.to_dict(), **identify(config.to_dict(), name=getattr(config, "_name_or_path", None))}
-    fields.pop("model_type", None)
-    return CodeLlamaConfig(**fields)

@@ -8,12 +8,12 @@ import logging
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..quantization import QUANTIZATIONS, bitsandbytes_config
 from .engines import make_engine
 from .service import Service
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -35,7 +35,7 @@ def check_folder(folder) -> Path:
 def load_model(folder, *, dtype: str = "auto", quantization: str = "none", device_map: str | None = None):
     """(model, tokenizer) from a converted folder, in eval mode."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import codellama_hf  # noqa: F401 - registers the model type and the tokenizer
 
@@ -46,10 +46,7 @@ def load_model(folder, *, dtype: str = "auto", quantization: str = "none", devic
     cuda = torch.cuda.is_available()
     kwargs = {"dtype": _dtype(dtype, cuda=cuda)}
     if quantization != "none":
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=kwargs["dtype"]))
+        kwargs["quantization_config"] = bitsandbytes_config(quantization, compute_dtype=kwargs["dtype"])
     kwargs["device_map"] = device_map or ("cuda" if cuda else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()

@@ -1,8 +1,8 @@
 """The server's core, below HTTP: Meta's prompt ids for each kind of request, the shared GenerationRequest, and runs
 that turn an engine's ids into text events. Every API module is a thin translation onto this.
 
-Code Llama facts (the variant's name, whether it was trained for infilling, its chat format, its context) come from
-the folder's CodeLlamaConfig, as the pipelines read them; the prompt ids come only from CodeLlamaTokenizer.
+Code Llama facts (the variant's name, whether it was trained for infilling, its chat format, its context, its stop ids)
+come from `capabilities()`, as the pipelines read them; the prompt ids come only from CodeLlamaTokenizer.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..configuration import capabilities
 from ..errors import UserInputError
-from ..pipelines import code_llama_facts
+from ..tokenization.rendered import looks_rendered
 from ..variants import INFILLING_VARIANTS, INSTRUCT_VARIANTS
 from .engines.base import Engine, Submission
 from .prompts import extra_context, split_literal_template
@@ -29,16 +30,12 @@ class Service:
 
     def __init__(self, model, tokenizer, engine: Engine, *, folder=None, model_id: str | None = None):
         self.model, self.tokenizer, self.engine = model, tokenizer, engine
-        facts = code_llama_facts(model.config)
-        self.model_id = model_id or facts.variant or (Path(folder).name if folder else "codellama")
-        fim_pieces = None not in [tokenizer.control_token_ids.get(k) for k in ("prefix_token_id", "suffix_token_id",
-                                                                               "middle_token_id")]
-        # A stock Llama folder whose shapes fit no variant says nothing: the tokenizer's pieces decide there.
-        self.infilling = bool(facts.infilling) if facts.infilling is not None else fim_pieces
-        self.chat_format = facts.chat_format if facts.chat_format is not None else tokenizer.chat_format
-        self.context_tokens = int(facts.max_position_embeddings)
-        eot = tokenizer.control_token_ids.get("eot_token_id")
-        self.stop_ids = frozenset(facts.stop_token_ids) | ({eot} if eot is not None else set())
+        caps = capabilities(model.config, tokenizer)
+        self.model_id = model_id or caps.variant or (Path(folder).name if folder else "codellama")
+        self.infilling = caps.infilling == "trained"
+        self._misfit = None if caps.tokenizer_fits else caps.infilling_refusal
+        self.chat_format, self.context_tokens = caps.chat_format, caps.context
+        self.stop_ids = frozenset(caps.stop_token_ids)
         # The engine stops at the stop ids and they are cut before decoding, so an infilled middle and a
         # continuation decode alike: Meta's decode_infilling keeps the space a leading `▁` stands for. An Instruct
         # answer decodes as Meta's chat_completion does (a plain decode, its first space dropped); what follows its
@@ -52,6 +49,8 @@ class Service:
 
     # ----- prompt ids (Meta's) --------------------------------------------------------------------------------
     def require_infilling(self, param: str) -> None:
+        if self._misfit:
+            raise ServingError(self._misfit, kind="unsupported", param=param)
         if not self.infilling:
             raise ServingError(f"{self.model_id} was not trained for infilling, so it cannot fill a gap; the "
                                f"variants that infill: {', '.join(INFILLING_VARIANTS)}", kind="unsupported",
@@ -78,13 +77,16 @@ class Service:
                                param="input_prefix")
 
     def plain_ids(self, text: str, *, param: str = "prompt") -> list[int]:
-        """A plain prompt: BOS and the text's own encode. Text never becomes a control id."""
+        """A plain prompt: BOS and SentencePiece's ids for the text (`encode_text`). Text never becomes a control id:
+        a `<FILL_ME>` in it is text, and literal templates are parsed only by /completion (template_ids)."""
+        if looks_rendered(text):  # its '<s>'/'</s>' would be text: the client meant a chat
+            raise ServingError(f"{param} {text[:24]!r}... starts like a rendered Code Llama chat, whose '<s>' and "
+                               f"'</s>' would be plain text here; send the messages to /v1/chat/completions",
+                               param=param)
         try:
-            return self.tokenizer.encode(text)
-        except UserInputError:  # the tokenizer refuses text that starts like a rendered chat ('<s>[INST]')
-            raise ServingError(f"{param} {text[:24]!r}... starts like a rendered Code Llama chat, whose '<s>' and '</s>' "
-                               f"would be plain text here; send the messages to /v1/chat/completions", param=param
-                               ) from None
+            return self.tokenizer.encode_text(text)
+        except UserInputError as e:
+            raise ServingError(f"{param}: {e}", param=param) from None
 
     def template_ids(self, prompt: str, *, max_prompt_tokens: int | None = None) -> tuple[list[int], str]:
         """(ids, decode) for llama.cpp's /completion, the one place where the literal `<PRE>`/`<SUF>`/`<MID>` of

@@ -17,9 +17,9 @@ import os
 
 from .chat_formats import CHAT_BUILDERS, Unit, check_messages
 from .rendered import RenderedChat, looks_rendered, render, trusted_units
-from ..configuration import CodeLlamaConfig
+from ..configuration import CodeLlamaConfig, check_chat_format
 from ..errors import UserInputError
-from ..variants import CHAT_FORMATS, INSTRUCT_VARIANTS, variant_in_name
+from ..variants import INSTRUCT_VARIANTS, variant_in_name
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,5 @@ def resolve_chat_format(chat_format: str | None, *, variant: str | None, folder)
             logger.info("no chat format from %s/config.json (%s)", folder, err)
     if chat_format is None and folder and (named := variant_in_name(str(folder))) is not None:
         chat_format = named.chat_format
-    chat_format = chat_format or "none"
-    if chat_format not in CHAT_FORMATS:
-        raise UserInputError(f"unknown chat_format {chat_format!r}; expected one of: {', '.join(CHAT_FORMATS)}")
-    return chat_format
+    return check_chat_format(chat_format or "none")
 

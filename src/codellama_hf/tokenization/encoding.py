@@ -14,7 +14,8 @@ from .constants import SMILEY
 
 
 class EncodingMixin:
-    """`_sp_encode` (Meta's `encode`), `_decode`, and Transformers' `__call__`/`tokenize` paths.
+    """`encode_text` (plain text, public), `_sp_encode` (Meta's `encode`), `_decode`, and Transformers'
+    `__call__`/`tokenize` paths.
 
     Uses the backends and ids CodeLlamaTokenizer.__init__ sets (`_tokenizer`, `_fast`, `_dummy_prefix`,
     `_space_byte_id`, `_smiley_ids`), InfillingMixin's `_split_infilling`/`_prompt_ids`, since any call may carry
@@ -28,6 +29,19 @@ class EncodingMixin:
             return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
         escaped = [escape(t, dummy_prefix=self._dummy_prefix) for t in texts]
         return [e.ids for e in self._fast.encode_batch_fast(escaped, add_special_tokens=False)]
+
+    def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """`text` as text: SentencePiece's ids for it, with BOS (and EOS where `add_eos_token`) unless
+        `add_special_tokens=False`.
+
+        Unlike `encode`/`__call__`, nothing in the string is read as an instruction: a fill marker (`<FILL_ME>`)
+        stays text instead of making an infilling prompt, and a string that looks like a rendered chat is encoded as
+        text instead of refused. `<PRE>`, `<EOT>`, `<step>`, `<s>` and `</s>` written in it stay text too, as
+        everywhere in this tokenizer. Use it for text from users and documents (servers, training data).
+        """
+        if not isinstance(text, str):
+            raise UserInputError(f"encode_text takes a string, got {type(text).__name__} {text!r:.40}; pass the text")
+        return self._with_bos_eos(self._sp_encode([text])[0], add_special_tokens)
 
     def _with_bos_eos(self, ids: list[int], add_special_tokens: bool, *, once: bool = False) -> list[int]:
         """once: a rendered chat carries its own BOS; a second one would not be Meta's prompt."""

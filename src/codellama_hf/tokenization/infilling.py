@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 
 from ..errors import UserInputError
@@ -81,21 +80,26 @@ class InfillingMixin:
             raise UserInputError(f"got {len(texts)} texts but {len(suffixes)} suffixes; pass one suffix per text")
         prefixes = []
         for i, (t, s) in enumerate(zip(texts, suffixes)):
-            marks = t.count(self.fill_marker) if self.fill_marker else 0
-            if marks and s is not None:
+            if s is not None and self.fill_marker and self.fill_marker in t:
                 raise UserInputError(f"text {i} holds {self.fill_marker!r} and suffix= is given too; use one of them")
-            if marks > 1:
-                raise UserInputError(f"text {i} holds {self.fill_marker!r} {marks} times; infilling takes one gap")
-            if marks and in_text_generation_pipeline():
-                raise UserInputError(
-                    f"the prompt holds the fill marker {self.fill_marker!r}: pipeline('text-generation') would return "
-                    f"the marker followed by the middle; use pipeline('code-infilling'), which returns the completed "
-                    f"code")
-            if marks:
-                t, s = t.split(self.fill_marker)
+            if s is None:
+                t, s = split_at_marker(t, marker=self.fill_marker, where=f"text {i}")
             prefixes.append(t)
             suffixes[i] = s
         return prefixes, suffixes
+
+
+def split_at_marker(text: str, *, marker: str | None, where: str = "the code") -> tuple[str, str | None]:
+    """The one fill-marker parser: (prefix, suffix) of a text with one `marker`, (text, None) of one without.
+    `where` names the text in the error that more than one marker raises."""
+    count = text.count(marker) if marker else 0
+    if count > 1:
+        raise UserInputError(f"{where} holds {count} fill markers {marker!r}; put exactly one where the middle goes "
+                             f"(infilling fills one gap)")
+    if count == 0:
+        return text, None
+    prefix, suffix = text.split(marker)
+    return prefix, suffix
 
 
 def trim_around_gap(before: list[int], after: list[int], *, room: int) -> tuple[list[int], list[int]]:
@@ -112,18 +116,3 @@ def trim_around_gap(before: list[int], after: list[int], *, room: int) -> tuple[
                    "%d from the end of the suffix", len(before) + len(after) - room, len(before) - keep_before,
                    len(after) - keep_after)
     return before[len(before) - keep_before:], after[:keep_after]
-
-
-def in_text_generation_pipeline() -> bool:
-    """Whether Transformers' text-generation pipeline is encoding this prompt. It builds its answer as the prompt text
-    plus the decoded new tokens and has no hook for infilling, so only its caller's frame tells."""
-    module = sys.modules.get("transformers.pipelines.text_generation")
-    if module is None:
-        return False
-    preprocess = module.TextGenerationPipeline.preprocess.__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is preprocess:
-            return True
-        frame = frame.f_back
-    return False

@@ -35,7 +35,9 @@ import hashlib
 import random
 from collections.abc import Sequence
 
+from ..configuration import capabilities
 from ..errors import UserInputError
+from ..variants import FIM_IDS_32016, INFILLING_VARIANTS
 
 LABELS = ("all", "middle")
 IGNORE = -100  # Transformers' loss ignores this label
@@ -52,14 +54,15 @@ def fim_sequence(tokenizer, prefix: str, middle: str, suffix: str, *, spm: bool)
     leading ids the inference prompt `infilling_prompt_ids(prefix, suffix, suffix_first=spm)` gives."""
     pre, suf, mid, eot = _fim_ids(tokenizer)
     bos = tokenizer.bos_token_id
-    # _sp_encode is Meta's `encode`, called directly: documents are text, never fill markers or rendered chats.
+    # encode_text is Meta's `encode`: documents are text, never fill markers or rendered chats.
+    text = lambda s: tokenizer.encode_text(s, add_special_tokens=False)  # noqa: E731
     if spm:
-        prefix_ids, joined = tokenizer._sp_encode([prefix, prefix + middle])
+        prefix_ids, joined = text(prefix), text(prefix + middle)
         head = [bos, pre, suf] + tokenizer.encode_infilling(suffix) + [mid]
         agree = next((k for k, (a, b) in enumerate(zip(prefix_ids, joined)) if a != b),
                      min(len(prefix_ids), len(joined)))
         return head + joined + [eot], len(head) + agree
-    prompt = [bos, pre] + tokenizer._sp_encode([prefix])[0] + [suf] + tokenizer.encode_infilling(suffix) + [mid]
+    prompt = [bos, pre] + text(prefix) + [suf] + tokenizer.encode_infilling(suffix) + [mid]
     return prompt + tokenizer.encode_infilling(middle) + [eot], len(prompt)
 
 
@@ -70,7 +73,8 @@ class FIMTransform:
     remove_columns=dataset.column_names)`; batched, a document longer than one context becomes several rows.
 
     Args:
-        tokenizer: codellama_hf's CodeLlamaTokenizer with the infilling pieces (7b/13b/70b and their Instruct).
+        tokenizer: codellama_hf's CodeLlamaTokenizer with the infilling pieces (`capabilities(None, tokenizer)`
+            says whether it has them).
         fim_rate: probability that a document is transformed (the paper's 0.9).
         spm_rate: probability that a transformed document is SPM rather than PSM (the paper's half).
         max_length: the training context; a document whose ids do not fit is left plain and cut into contexts.
@@ -124,7 +128,7 @@ class FIMTransform:
         if key is None:
             key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         rng = random.Random(f"{self.seed}:{key}")  # str seeds hash with SHA-512: the same in every process
-        plain = [tok.bos_token_id] + tok._sp_encode([text])[0] + [tok.eos_token_id]
+        plain = [tok.bos_token_id] + tok.encode_text(text, add_special_tokens=False) + [tok.eos_token_id]
         fits = self.max_length is None or len(plain) <= self.max_length
         if fits and rng.random() < self.fim_rate:
             prefix, middle, suffix = split_document(text, rng)
@@ -147,13 +151,12 @@ def fim_data_collator(tokenizer, *, pad_to_multiple_of: int | None = None):
 
 
 def _fim_ids(tokenizer) -> tuple[int, int, int, int]:
-    ids = getattr(tokenizer, "control_token_ids", None)
-    if ids is None or not hasattr(tokenizer, "encode_infilling"):
+    if not hasattr(tokenizer, "encode_text"):
         raise UserInputError(f"FIM training data needs codellama_hf's CodeLlamaTokenizer, got "
                              f"{type(tokenizer).__name__!r}; load it with AutoTokenizer after `import codellama_hf`")
-    keys = ("prefix_token_id", "suffix_token_id", "middle_token_id", "eot_token_id")
-    if any(ids[k] is None for k in keys):
+    caps = capabilities(None, tokenizer)
+    if caps.fim_token_ids is None:
         raise UserInputError(f"the tokenizer {tokenizer.name_or_path or ''!r} has no infilling pieces (<PRE>, <SUF>, "
-                             "<MID>, <EOT>), so it cannot make FIM data; use the tokenizer of a variant trained "
-                             "for infilling (CodeLlama-7b, 7b-Instruct, 13b, 13b-Instruct, 70b), or fim_rate=0")
-    return tuple(ids[k] for k in keys)
+                             f"<MID>, <EOT>), so it cannot make FIM data; use the tokenizer of a variant trained for "
+                             f"infilling ({', '.join(INFILLING_VARIANTS)}), or fim_rate=0")
+    return tuple(caps.fim_token_ids[k] for k in FIM_IDS_32016)
