@@ -47,10 +47,17 @@ class ApiShape:
                             headers=headers or None)
 
 
+def _union_tag(part) -> bool:
+    """pydantic names the member of a union in an error's loc ('str', 'list[function-after[...]]'): not a field."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"))
+
+
 def validation_error(errors: list[dict]) -> ServingError:
     """FastAPI/pydantic's validation errors as one line naming the field, the rule and the value sent."""
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # A value our validators refused says more than "not a list" from the union's other member
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0]) if errors else {
+        "loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_tag(p)]
     field = ".".join(loc)
     if first.get("type") == "json_invalid":
         return ServingError(f"the body is not valid JSON ({first.get('ctx', {}).get('error', first['msg'])}); send "
