@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # Most specific first: /infill's 501 differs from /completion's shape.
 SHAPES: tuple[ApiShape, ...] = (llamacpp_api.INFILL_SHAPE, llamacpp_api.SHAPE, tgi_api.SHAPE, score_api.SHAPE,
                                 ollama_api.SHAPE, openai_api.SHAPE)
-UNGUARDED = ("/health",)  # answers without a key, and while loading
+UNGUARDED = ("/health", "/openapi.json")  # answer without a key, and while loading
 # `--cors-origins localhost`: these hosts on any port, http or https; nothing else (not localhost.evil.com)
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
 # The Host names a request reaching a loopback address may carry (any port); others need --allowed-hosts.
