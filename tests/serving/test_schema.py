@@ -10,6 +10,8 @@ from .conftest import loader, start_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,  # noqa: E402
                                                status_code_conformance)
@@ -76,8 +78,11 @@ def test_every_operation_is_fuzzed(operations):
 
 @pytest.mark.parametrize("name", OPERATIONS)
 def test_no_5xx_and_every_answer_as_documented(operations, name):
-    @given(case=operations[name].as_strategy())
-    @settings(max_examples=15, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+    op = operations[name]
+    # valid bodies, and (where there is a body) bodies the schema rules out, which must get the documented 4xx
+    modes = [GenerationMode.POSITIVE] + [GenerationMode.NEGATIVE] * (op.method.upper() == "POST")
+    @given(case=st.one_of(*(op.as_strategy(generation_mode=mode) for mode in modes)))
+    @settings(max_examples=20, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck), database=None)
     def fuzz(case):
         case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
