@@ -56,6 +56,16 @@ def test_a_raw_prompt_is_plain_text_and_a_prompt_on_instruct_is_one_turn(client,
     assert list(submitted[-1].prompt_ids) == want
 
 
+def test_twinnys_and_tabbys_template_in_prompt_is_metas_infilling_prompt(server, submitted, meta):
+    # Twinny (FIM template "codellama") and Tabby (ollama/completion with a prompt_template) send the template as text
+    body = {"model": "codellama:7b-code", "prompt": f"<PRE> {PREFIX} <SUF>{SUFFIX} <MID>", "stream": False,
+            "options": GREEDY}
+    r = httpx.post(f"{server.url}/api/generate", json=body, timeout=60)
+    assert r.status_code == 200 and list(submitted[-1].prompt_ids) == meta.infilling_prompt(PREFIX, SUFFIX)
+    want = reference_greedy(server.service, meta.infilling_prompt(PREFIX, SUFFIX), 8)
+    assert r.json()["response"] == meta.decode_infilling(want)
+
+
 def test_options_reach_the_request(client, submitted):
     client.generate(model="codellama", prompt="x", raw=True,
                     options={"temperature": 0.5, "top_p": 0.7, "top_k": 5, "seed": 3, "num_predict": 4,

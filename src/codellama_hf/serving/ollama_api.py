@@ -3,10 +3,12 @@ GET /api/tags, POST /api/show, GET /api/version, which clients read to find the 
 as newline-delimited JSON; errors are {"error": "..."} with Ollama's status codes (400 for a bad request, 503
 when the queue is full).
 
-What Ollama's own templates do for Code Llama, from Meta's ids: `suffix` gives Meta's infilling prompt and the
-answer is the middle, with `raw` or without; a prompt alone is plain text to continue, except that an Instruct
-variant without `raw` answers it as one [INST] turn (with `system` as its system prompt), as Ollama's Instruct
-templates do. One model is served, whatever `model` names."""
+What Ollama does for Code Llama, from Meta's ids: `suffix` gives Meta's infilling prompt and the answer is the
+middle, with `raw` or without. A prompt written as Code Llama's template (`<PRE> {prefix} <SUF>{suffix} <MID>`, as
+Twinny and Tabby send it) is read as /completion reads it, since Ollama's runner turns those markers into the
+control ids too. Any other prompt is plain text to continue, except that an Instruct variant without `raw` answers
+it as one [INST] turn (with `system` as its system prompt), as Ollama's Instruct templates do. One model is served,
+whatever `model` names."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .fields import Text
 from .httputil import ApiShape, ClientGone, ndjson, sse_response, unless_disconnected
+from .prompts import MARKERS
 from .protocol import Delta, Done, Sampling
 from .schema import media
 from .service import Run, Service, start_all
@@ -155,6 +158,8 @@ async def generate(body: GenerateRequest, request: Request):
     service: Service = request.app.state.service
     if body.suffix:
         ids, decode = service.infill_ids(body.prompt, body.suffix, param="suffix"), "infill"
+    elif any(marker in body.prompt for marker in MARKERS):  # Twinny's and Tabby's template, as Ollama's runner reads it
+        ids, decode = service.template_ids(body.prompt)
     elif service.chat_format != "none" and not body.raw:
         system = [{"role": "system", "content": body.system}] if body.system else []
         ids, decode = service.chat_ids(system + [{"role": "user", "content": body.prompt}]), "chat"
