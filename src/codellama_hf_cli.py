@@ -86,7 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"{PROG} serve: warning: listening on {args.host} with no --api-key: anyone who can reach port "
               f"{args.port} can use the model", file=sys.stderr)
     options = serving.ServeOptions(api_keys=keys, cors_origins=tuple(args.cors_origins or ()),
-                                   max_body_bytes=args.max_body_bytes)
+                                   max_body_bytes=args.max_body_bytes, allowed_hosts=tuple(args.allowed_hosts or ()),
+                                   openapi=not args.no_openapi)
     serving.serve(args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level,
                   dtype=args.dtype, quantization=args.quantization, device_map=args.device_map, engine=args.engine,
                   max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
@@ -233,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_demo)
 
     p = sub.add_parser(
-        "serve", help="serve a converted folder over HTTP: OpenAI, llama.cpp, TGI and the model card's /score",
+        "serve", help="serve a converted folder over HTTP: OpenAI, llama.cpp, TGI, Ollama and the model card's /score",
         description="Serve MODEL_DIR (a `codellama-hf convert` output) to editors and clients: OpenAI\n"
                     "/v1/completions (suffix = infilling), /v1/chat/completions, /v1/models; llama.cpp /infill and\n"
-                    "/completion; TGI /generate and /generate_stream; the model card's /score; /health.\n"
+                    "/completion; TGI /, /generate and /generate_stream; Ollama /api/generate (suffix = infilling),\n"
+                    "/api/chat, /api/tags, /api/show, /api/version; the model card's /score; /health.\n"
                     "Prompts are Meta's exact ids. Needs the serve extra: pip install 'codellama-hf[serve]'.\n"
                     "See docs/serving.md for each endpoint and editor.",
         **examples(f"{PROG} serve ~/hf/CodeLlama-7b-Instruct",
@@ -259,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "127.0.0.1 and [::1] on any port; repeatable")
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, metavar="N",
                    help="larger request bodies get 413 (default: %(default)s)")
+    p.add_argument("--allowed-hosts", action="append", metavar="NAME",
+                   help="on a loopback address, admit this Host name besides localhost, 127.0.0.1 and [::1] (others "
+                        "get 403, against DNS rebinding); '*' admits any; repeatable")
+    p.add_argument("--no-openapi", action="store_true", help="do not serve /openapi.json")
     p.add_argument("--model-name", metavar="NAME", help="the id /v1/models reports (default: the variant)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     p.set_defaults(run=_serve)

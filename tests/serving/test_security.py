@@ -180,3 +180,37 @@ def test_a_model_that_fails_to_load_says_why(tmp_path):
         assert r.status_code == 500 and "failed to load" in r.json()["error"]["message"]
     finally:
         live.stop()
+
+
+# ----- Host on a loopback address (DNS rebinding: a page on evil.example whose name now points at 127.0.0.1) -----
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]", "[::1]:8080", "LOCALHOST"])
+def test_local_host_names_are_admitted_on_loopback(server, host):
+    assert httpx.get(f"{server.url}/health", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("path", [*BODIES, "/health", "/api/generate"])
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "localhost.evil.example", "127.0.0.2",
+                                  "[::2]"])
+def test_other_host_names_get_403_in_the_endpoints_shape(server, path, host):
+    r = httpx.post(f"{server.url}{path}", json=BODIES.get(path, {"prompt": "x"}), headers={"Host": host}, timeout=30)
+    assert r.status_code == 403, r.text
+    words = r.text
+    assert "--allowed-hosts" in words and "DNS rebinding" in words
+    if path in BODIES:
+        assert shape_of(path, r.json()) == EXPECTED[path]
+
+
+def never_loads():
+    threading.Event().wait(60)
+
+
+@pytest.mark.parametrize("allowed, host, status", [(("my.box",), "my.box:8080", 503), (("my.box",), "evil.example", 403),
+                                                   (("*",), "evil.example", 503)])
+def test_allowed_hosts_admit_more_names(allowed, host, status):
+    live = start_server(never_loads, ready=False, allowed_hosts=allowed)
+    try:
+        r = httpx.post(f"{live.url}/v1/completions", json={"prompt": "x"}, headers={"Host": host}, timeout=30)
+        assert r.status_code == status  # 503: past the Host check, at the loading gate
+    finally:
+        live.stop()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import threading
 import time
@@ -17,7 +18,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import llamacpp_api, openai_api, score_api, tgi_api
+from . import llamacpp_api, ollama_api, openai_api, schema, score_api, tgi_api
+from .. import __version__
 from ..errors import UserInputError
 from .httputil import ApiShape, validation_error
 from .protocol import ServingError
@@ -27,15 +29,17 @@ logger = logging.getLogger(__name__)
 
 # Most specific first: /infill's 501 differs from /completion's shape.
 SHAPES: tuple[ApiShape, ...] = (llamacpp_api.INFILL_SHAPE, llamacpp_api.SHAPE, tgi_api.SHAPE, score_api.SHAPE,
-                                openai_api.SHAPE)
-UNGUARDED = ("/health",)  # answers without a key, and while loading
+                                ollama_api.SHAPE, openai_api.SHAPE)
+UNGUARDED = ("/health", "/openapi.json")  # answer without a key, and while loading
 # `--cors-origins localhost`: these hosts on any port, http or https; nothing else (not localhost.evil.com)
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
+# The Host names a request reaching a loopback address may carry (any port); others need --allowed-hosts.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def shape_for(path: str) -> ApiShape:
     for shape in SHAPES:
-        if any(path == p or (p.endswith("/") and path.startswith(p)) for p in shape.paths):
+        if path in shape.paths or path.startswith(shape.prefixes):
             return shape
     return openai_api.SHAPE
 
@@ -45,6 +49,8 @@ class ServeOptions:
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # "localhost" for local pages on any port; else exact origins
     max_body_bytes: int = 4 * 2**20  # editors send context chunks; 4 MiB is far above what they send
+    allowed_hosts: tuple[str, ...] = ()  # Host names admitted on a loopback address besides LOCAL_HOSTS; "*": any
+    openapi: bool = True  # serve /openapi.json
 
     def __post_init__(self):
         # An empty key (`--api-key "$KEY"` with KEY unset) would let an empty X-Api-Key header in.
@@ -53,17 +59,29 @@ class ServeOptions:
 
 
 class Gate:
-    """ASGI middleware: API key, body size (read up to the limit, then replayed to the app) and readiness."""
+    """ASGI middleware: Host (against DNS rebinding), API key, body size (read up to the limit, then replayed to the
+    app), UTF-8, and readiness."""
 
     def __init__(self, app, *, owner: FastAPI, options: ServeOptions):
         self.app, self.owner, self.options = app, owner, options
         self.keys = [k.encode() for k in options.api_keys]
+        self.hosts = None if "*" in options.allowed_hosts else {
+            h.lower() for h in (*LOCAL_HOSTS, *options.allowed_hosts)}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in UNGUARDED or scope["method"] == "OPTIONS":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         shape = shape_for(scope["path"])
         headers = dict(scope["headers"])
+        if not self._host_allowed(scope, headers):
+            host = headers[b"host"].decode("latin-1")
+            error = ServingError(f"Host {host!r} is not allowed on a loopback address (DNS rebinding); use "
+                                 f"http://localhost, or start the server with --allowed-hosts {host.split(':')[0]}",
+                                 kind="forbidden")
+            logger.warning("refused Host %r", host)
+            return await shape.response(error)(scope, receive, send)
+        if scope["path"] in UNGUARDED or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
         if self.keys and not self._authorized(headers):
             error = ServingError("missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
                                  kind="auth")
@@ -75,6 +93,12 @@ class Gate:
             error = ServingError(f"the request body is over {self.options.max_body_bytes} bytes (--max-body-bytes); "
                                  f"send less context", kind="too_large")
             return await shape.response(error)(scope, receive, send)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            error = ServingError(f"the body is not UTF-8 (byte {body[e.start]:#04x} at offset {e.start}); send UTF-8 "
+                                 f"JSON")
+            return await shape.response(error)(scope, receive, send)
         state = self.owner.state
         if state.service is None:
             error = (ServingError(f"the model failed to load: {state.load_error}", kind="internal")
@@ -82,6 +106,22 @@ class Gate:
                                                            kind="unavailable"))
             return await shape.response(error)(scope, receive, send)
         await self.app(scope, self._replay(body, receive), send)
+
+    def _host_allowed(self, scope, headers: dict) -> bool:
+        """A page on another site can point its own name at 127.0.0.1 (DNS rebinding) and so reach a server on this
+        machine, but its requests still carry its name as Host; on a loopback address only local names pass."""
+        if self.hosts is None or b"host" not in headers:
+            return True
+        server = scope.get("server")
+        if server is not None:
+            try:
+                if not ipaddress.ip_address(server[0]).is_loopback:
+                    return True
+            except ValueError:  # a name rather than an address: not a socket we listen on by IP
+                return True
+        host = headers[b"host"].decode("latin-1").lower()
+        name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        return name in self.hosts
 
     def _authorized(self, headers: dict) -> bool:
         offered = []
@@ -149,9 +189,10 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
             if app.state.service is not None:
                 app.state.service.engine.stop()
 
-    app = FastAPI(title="codellama-hf", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="codellama-hf", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if options.openapi else None)
     app.state.service, app.state.load_error, app.state.started = None, None, int(time.time())
-    for module in (openai_api, llamacpp_api, tgi_api, score_api):
+    for module in (openai_api, llamacpp_api, tgi_api, score_api, ollama_api):
         app.include_router(module.router)
 
     @app.get("/health")
@@ -172,10 +213,15 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        shape = shape_for(request.url.path)
+        if exc.status_code == 400:  # FastAPI could not parse the body: a validation error in the API's terms
+            error = ServingError(f"the body could not be parsed ({exc.detail}); send one JSON object with "
+                                 f"Content-Type: application/json")
+            return shape.response(error)
         kind = {404: "not_found", 405: "method"}.get(exc.status_code, "invalid")
         message = (f"no endpoint {request.method} {request.url.path}; see docs/serving.md for the endpoints"
                    if exc.status_code in (404, 405) else str(exc.detail))
-        return shape_for(request.url.path).response(ServingError(message, kind=kind), status=exc.status_code)
+        return shape.response(ServingError(message, kind=kind), status=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception):
@@ -183,6 +229,12 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
         error = ServingError(f"internal error: {type(exc).__name__}: {exc}", kind="internal")
         return shape_for(request.url.path).response(error)
 
+    def openapi():
+        if app.openapi_schema is None:
+            app.openapi_schema = schema.build(app, shape_for)
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(Gate, owner=app, options=options)
     if options.cors_origins:  # off by default: a web page cannot reach the server unless told
         exact = [o for o in options.cors_origins if o != "localhost"]

@@ -17,8 +17,8 @@ from .service import Run
 logger = logging.getLogger(__name__)
 
 # ServingError.kind -> status, unless an API shape says otherwise
-STATUS = {"invalid": 400, "unsupported": 400, "auth": 401, "not_found": 404, "method": 405, "too_large": 413,
-          "overloaded": 429, "internal": 500, "unavailable": 503}
+STATUS = {"invalid": 400, "unsupported": 400, "auth": 401, "forbidden": 403, "not_found": 404, "method": 405,
+          "too_large": 413, "overloaded": 429, "internal": 500, "unavailable": 503}
 RETRY_AFTER = {"overloaded": "1", "unavailable": "5"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -27,8 +27,10 @@ class ApiShape:
     """One API's error body and status codes. Subclasses override `body` (and `status` where they differ)."""
 
     name = "base"
-    paths: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()  # exact paths
+    prefixes: tuple[str, ...] = ()  # every path under these
     overrides: dict[str, int] = {}
+    error_schema: dict = {"type": "object"}  # the error body's JSON schema, for /openapi.json
 
     def status(self, kind: str) -> int:
         return self.overrides.get(kind, STATUS.get(kind, 500))
@@ -36,17 +38,26 @@ class ApiShape:
     def body(self, status: int, message: str, *, kind: str, param: str | None) -> object:
         raise NotImplementedError
 
-    def response(self, error: ServingError, *, status: int | None = None) -> JSONResponse:
+    def response(self, error: ServingError, *, status: int | None = None, headers: dict | None = None) -> JSONResponse:
         status = status or self.status(error.kind)
-        headers = {"Retry-After": RETRY_AFTER[error.kind]} if error.kind in RETRY_AFTER else None
-        return JSONResponse(self.body(status, error.message, kind=error.kind, param=error.param), status_code=status,
-                            headers=headers)
+        headers = {**({"Retry-After": RETRY_AFTER[error.kind]} if error.kind in RETRY_AFTER else {}), **(headers or {})}
+        # A message may quote what the client sent; a lone surrogate in it must not make the error itself a 500.
+        message = error.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return JSONResponse(self.body(status, message, kind=error.kind, param=error.param), status_code=status,
+                            headers=headers or None)
+
+
+def _union_tag(part) -> bool:
+    """pydantic names the member of a union in an error's loc ('str', 'list[function-after[...]]'): not a field."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"))
 
 
 def validation_error(errors: list[dict]) -> ServingError:
     """FastAPI/pydantic's validation errors as one line naming the field, the rule and the value sent."""
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # A value our validators refused says more than "not a list" from the union's other member
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0]) if errors else {
+        "loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_tag(p)]
     field = ".".join(loc)
     if first.get("type") == "json_invalid":
         return ServingError(f"the body is not valid JSON ({first.get('ctx', {}).get('error', first['msg'])}); send "
@@ -63,24 +74,31 @@ def sse(data: object, *, event: str | None = None) -> str:
     return f"{head}data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def sse_response(chunks: AsyncIterator[str], runs: list[Run], shape: ApiShape) -> StreamingResponse:
-    """Stream `chunks`. When the client goes away Starlette cancels the stream, and the runs are cancelled here; an
-    error after the first byte (the status is sent by then) goes out as one last event in the API's error shape."""
+def ndjson(data: object) -> str:
+    """One line of newline-delimited JSON (Ollama's streams)."""
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+def sse_response(chunks: AsyncIterator[str], runs: list[Run], shape: ApiShape, *, encode=sse,
+                 media_type: str = "text/event-stream") -> StreamingResponse:
+    """Stream `chunks` (server-sent events, or with encode=ndjson, JSON lines). When the client goes away Starlette
+    cancels the stream, and the runs are cancelled here; an error after the first byte (the status is sent by then)
+    goes out as one last event in the API's error shape."""
 
     async def body():
         try:
             async for chunk in chunks:
                 yield chunk
         except ServingError as e:
-            yield sse(shape.body(shape.status(e.kind), e.message, kind=e.kind, param=e.param))
+            yield encode(shape.body(shape.status(e.kind), e.message, kind=e.kind, param=e.param))
         except Exception as e:  # noqa: BLE001 - a bug, but the client still gets one line instead of a cut stream
             logger.exception("streaming failed")
-            yield sse(shape.body(500, f"internal error: {type(e).__name__}: {e}", kind="internal", param=None))
+            yield encode(shape.body(500, f"internal error: {type(e).__name__}: {e}", kind="internal", param=None))
         finally:
             for run in runs:
                 run.cancel()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(body(), media_type=media_type, headers=SSE_HEADERS)
 
 
 class ClientGone(Exception):

@@ -10,8 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .fields import Text
 from .httputil import ApiShape, ClientGone, sse, sse_response, unless_disconnected
 from .protocol import Delta, Done, Sampling
+from .schema import media
 from .service import Service, start_all
 
 router = APIRouter()
@@ -20,6 +22,8 @@ router = APIRouter()
 class LlamaCppShape(ApiShape):
     name = "llama.cpp"
     paths = ("/infill", "/completion")
+    error_schema = {"type": "object", "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["code", "message", "type"]}}}
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
              413: "invalid_request_error", 429: "unavailable_error", 500: "server_error", 501: "not_supported_error",
              503: "unavailable_error"}
@@ -45,7 +49,7 @@ class _Common(BaseModel):
     temperature: float = Field(0.8, ge=0)  # 0: greedy
     top_k: int = Field(40, ge=0)
     top_p: float = Field(0.95, ge=0, le=1)
-    stop: list[str] = Field(default_factory=list)
+    stop: list[Text] = Field(default_factory=list)
     stream: bool = False
     seed: int = -1  # -1: a fresh draw each time
     ignore_eos: bool = False
@@ -67,14 +71,14 @@ class _Common(BaseModel):
 
 
 class InfillRequest(_Common):
-    input_prefix: str
-    input_suffix: str
-    prompt: str = ""  # the text at the cursor: after the prefix, before the gap
+    input_prefix: Text
+    input_suffix: Text
+    prompt: Text = ""  # the text at the cursor: after the prefix, before the gap
     input_extra: Any = None  # [{"filename", "text"}], checked where the prompt is built, with llama.cpp's words
 
 
 class CompletionRequest(_Common):
-    prompt: str
+    prompt: Text
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -84,11 +88,11 @@ class CompletionRequest(_Common):
         return v
 
 
-def _final(service: Service, done: Done, *, content: str) -> dict:
+def _final(service: Service, done: Done, *, content: str, truncated: bool) -> dict:
     prompt_ms, predicted_ms = max(done.prompt_ms, 1e-3), max(done.predicted_ms, 1e-3)
     return {"index": 0, "content": content, "id_slot": 0, "stop": True, "model": service.model_id,
             "tokens_predicted": done.completion_tokens, "tokens_evaluated": done.prompt_tokens, "tokens_cached": 0,
-            "truncated": False, "stop_type": done.stop_type, "stopping_word": done.stopping_word,
+            "truncated": truncated, "stop_type": done.stop_type, "stopping_word": done.stopping_word,
             "has_new_line": "\n" in done.text,
             "timings": {"prompt_n": done.prompt_tokens, "prompt_ms": prompt_ms,
                         "prompt_per_token_ms": prompt_ms / max(done.prompt_tokens, 1),
@@ -113,7 +117,16 @@ def _select(body: dict, fields: list[str] | None) -> dict:
     return out
 
 
-async def _answer(request: Request, body: _Common, req, service: Service, shape: LlamaCppShape):
+def _trimmed(build, limit: int | None) -> tuple[list[int], str, bool]:
+    """(ids, decode, truncated): `build(max_prompt_tokens)`'s prompt, and whether the limit trimmed it (llama.cpp's
+    `truncated`). Built whole first: only a prompt over the limit is built twice."""
+    ids, decode = build(None)
+    if limit is None or len(ids) <= limit:
+        return ids, decode, False
+    return *build(limit), True
+
+
+async def _answer(request: Request, body: _Common, req, service: Service, shape: LlamaCppShape, truncated: bool):
     runs = start_all(service, [req])
     run = runs[0]
     if body.stream:
@@ -123,26 +136,29 @@ async def _answer(request: Request, body: _Common, req, service: Service, shape:
                     yield sse({"index": 0, "content": event.text, "tokens": event.ids, "stop": False,
                                "id_slot": 0, "tokens_predicted": None, "tokens_evaluated": None})
                 elif isinstance(event, Done):
-                    yield sse(_select(_final(service, event, content=""), body.response_fields))
+                    yield sse(_select(_final(service, event, content="", truncated=truncated), body.response_fields))
 
         return sse_response(chunks(), runs, shape)
     try:
         done = await unless_disconnected(request, run.result())
     except ClientGone:
         return None
-    return _select(_final(service, done, content=done.text), body.response_fields)
+    return _select(_final(service, done, content=done.text, truncated=truncated), body.response_fields)
 
 
-@router.post("/infill")
+@router.post("/infill", **media("application/json", "text/event-stream"))
 async def infill(body: InfillRequest, request: Request):
     service: Service = request.app.state.service
-    ids = service.llamacpp_infill_ids(body.input_prefix, body.input_suffix, body.prompt, body.input_extra,
-                                      max_prompt_tokens=body.max_prompt_tokens)
-    return await _answer(request, body, body.request(service, ids, "infill"), service, INFILL_SHAPE)
+    ids, decode, truncated = _trimmed(
+        lambda limit: (service.llamacpp_infill_ids(body.input_prefix, body.input_suffix, body.prompt,
+                                                   body.input_extra, max_prompt_tokens=limit), "infill"),
+        body.max_prompt_tokens)
+    return await _answer(request, body, body.request(service, ids, decode), service, INFILL_SHAPE, truncated)
 
 
-@router.post("/completion")
+@router.post("/completion", **media("application/json", "text/event-stream"))
 async def completion(body: CompletionRequest, request: Request):
     service: Service = request.app.state.service
-    ids, decode = service.template_ids(body.prompt, max_prompt_tokens=body.max_prompt_tokens)
-    return await _answer(request, body, body.request(service, ids, decode), service, SHAPE)
+    ids, decode, truncated = _trimmed(lambda limit: service.template_ids(body.prompt, max_prompt_tokens=limit),
+                                      body.max_prompt_tokens)
+    return await _answer(request, body, body.request(service, ids, decode), service, SHAPE, truncated)

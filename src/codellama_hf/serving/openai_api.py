@@ -8,8 +8,10 @@ import uuid
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .fields import Text, encodable
 from .httputil import ApiShape, ClientGone, merged, results, sse, sse_response, unless_disconnected
 from .protocol import Delta, Done, Sampling, ServingError
+from .schema import media
 from .service import start_all
 
 router = APIRouter()
@@ -18,7 +20,9 @@ MAX_N = 8
 
 class OpenAIShape(ApiShape):
     name = "openai"
-    paths = ("/v1/",)
+    prefixes = ("/v1/",)
+    error_schema = {"type": "object", "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"]}}}
     TYPES = {"auth": "authentication_error", "overloaded": "rate_limit_error", "internal": "server_error",
              "unavailable": "server_error", "not_found": "not_found_error"}
     CODES = {"auth": "invalid_api_key", "overloaded": "queue_full", "unavailable": "model_not_ready",
@@ -38,7 +42,7 @@ class _Common(BaseModel):
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, ge=0, le=1)
-    stop: str | list[str] | None = Field(None)
+    stop: Text | list[Text] | None = Field(None)
     stream: bool = False
     stream_options: dict | None = None
     n: int = Field(1, ge=1, le=MAX_N)
@@ -57,8 +61,8 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str] = ""
-    suffix: str | None = None
+    prompt: Text | list[Text] = ""
+    suffix: Text | None = None
     max_tokens: int | None = Field(16, ge=0)
     echo: bool = False
     max_prompt_tokens: int | None = Field(None, ge=4)  # ours: trim an infilling prompt around the gap
@@ -74,8 +78,8 @@ class CompletionRequest(_Common):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str | list[dict] | None = None
+    role: Text
+    content: Text | list[dict] | None = None
 
     def text(self, i: int) -> str:
         if isinstance(self.content, str):
@@ -86,7 +90,10 @@ class ChatMessage(BaseModel):
         if len(parts) != len(self.content) or not all(isinstance(p, str) for p in parts):
             raise ServingError(f"messages[{i}].content: Code Llama reads text only; send a string or "
                                f"[{{\"type\": \"text\", \"text\": ...}}] parts", param=f"messages.{i}.content")
-        return "".join(parts)
+        try:
+            return encodable("".join(parts))
+        except ValueError as e:
+            raise ServingError(f"messages[{i}].content: {e}", param=f"messages.{i}.content") from None
 
 
 class ChatRequest(_Common):
@@ -112,7 +119,7 @@ async def list_models(request: Request):
                                         "created": request.app.state.started, "owned_by": "codellama-hf"}]}
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", **media("application/json", "text/event-stream"))
 async def completions(body: CompletionRequest, request: Request):
     service = _service(request)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -162,7 +169,7 @@ async def completions(body: CompletionRequest, request: Request):
     return {**head, "choices": choices, "usage": _usage(dones, [len(r.prompt_ids) for r in built])}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", **media("application/json", "text/event-stream"))
 async def chat_completions(body: ChatRequest, request: Request):
     service = _service(request)
     messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(body.messages)]

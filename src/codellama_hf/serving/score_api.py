@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from .fields import Text
 from .httputil import ApiShape, ClientGone, results, unless_disconnected
 from .parameters import Parameters
 from .service import Service, start_all
@@ -19,6 +20,8 @@ MAX_INPUTS = 64
 class ScoreShape(ApiShape):
     name = "score"
     paths = ("/score",)
+    error_schema = {"type": "object", "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["code", "message"]}}}
     CODES = {"invalid": "BadArgument", "unsupported": "BadArgument", "auth": "Unauthorized",
              "too_large": "RequestEntityTooLarge", "overloaded": "TooManyRequests", "unavailable": "ServiceUnavailable",
              "internal": "InternalServerError"}
@@ -32,7 +35,7 @@ SHAPE = ScoreShape()
 
 class InputData(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    input_string: list[str] = Field(min_length=1, max_length=MAX_INPUTS)
+    input_string: list[Text] = Field(min_length=1, max_length=MAX_INPUTS)
     parameters: Parameters | None = None
 
 
