@@ -167,3 +167,15 @@ def test_serve_without_a_folder_says_so_in_one_line(tmp_path, capsys):
     assert codellama_hf_cli.main(["serve", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip().endswith("is not a converted model folder (no config.json); pass the output folder "
                                         "of `codellama-hf convert`")
+
+
+def test_generate_without_ray_imports_no_ray(instruct_folder, tmp_path):
+    write_input(tmp_path / "in.jsonl", [{"prompt": "x", "parameters": {"max_new_tokens": 1}}])
+    code = ("import sys, codellama_hf_cli as cli; rc = cli.main(sys.argv[1:]); "
+            "print([m for m in sys.modules if m.split('.')[0] == 'ray']); sys.exit(rc)")
+    command, env = cli("generate", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"),
+                       "--quiet", "--kv-cache-tokens", str(KV_CACHE_TOKENS), str(instruct_folder))
+    done = subprocess.run([sys.executable, "-c", code, *command[3:]], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]" and read(tmp_path / "out.jsonl")[0]["line"] == 1
