@@ -17,6 +17,8 @@ from ..errors import UserInputError
 from .batch import BatchSummary, _Job, answer
 from .loading import check_folder
 
+REPLICA_START_TIMEOUT_S = 1800  # a 70B from a network disk, with room to spare
+
 
 def _import_ray():
     try:
@@ -99,6 +101,9 @@ def run_batch_ray(model_dir, input_path, output_path, *, load_options: dict | No
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False  # ours counts lines as they are written
+        # Every replica loads its model before the first batch: else the first one up takes the whole job. A
+        # replica that cannot start (no room, a folder missing on its node) fails the job after this long.
+        context.wait_for_min_actors_s = REPLICA_START_TIMEOUT_S
         todo = [{"line": n, "text": t} for n, t in enumerate(job.todo, job.next_line)]
         nodes: Counter = Counter()
         with job:
@@ -109,7 +114,7 @@ def run_batch_ray(model_dir, input_path, output_path, *, load_options: dict | No
                     Replica, fn_constructor_args=(folder, dict(load_options or {}), default_max_new_tokens,
                                                   max(1, concurrency)),
                     compute=ray.data.ActorPoolStrategy(size=size), batch_size=batch, num_cpus=cpus_per_replica,
-                    num_gpus=gpus_per_replica, scheduling_strategy="SPREAD")
+                    num_gpus=gpus_per_replica)
                 for row in data.iter_rows():
                     job.write(json.loads(row["record"]))
                     nodes[row["node"]] += 1
