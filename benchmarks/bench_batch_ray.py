@@ -47,7 +47,8 @@ def run(command: list[str], timeout: int) -> tuple[dict, float]:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
-    m = re.search(r"wrote (\d+) lines .*\((\d+) errors\), (\d+) tokens in ([\d.]+) s \(([\d.]+) tokens/s\)", done.stderr)
+    m = re.search(r"wrote (\d+) lines .*\((\d+) errors\), (\d+) tokens in ([\d.]+) s \(([\d.]+) tokens/s\)",
+                  done.stderr)
     if m is None:
         raise SystemExit(f"no summary line in:\n{done.stderr[-3000:]}")
     lines, errors, tokens, seconds, tps = m.groups()

@@ -282,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "({\"input_string\": [...], \"parameters\": {...}}), an infilling request ({\"prefix\", \"suffix\"})\n"
                     "or a prompt ({\"prompt\"}), with optional \"parameters\". OUT.jsonl gets one line per input, in\n"
                     "order: {\"line\": N, \"output\": ...} or {\"line\": N, \"error\": ...}. A rerun resumes after the\n"
-                    "lines already written. Runs on continuous batching, as the server does. Needs the serve\n"
-                    "extra.",
+                    "lines already written. Runs on continuous batching, as the server does, or with --ray over\n"
+                    "engine replicas on a Ray cluster (the ray extra). Needs the serve extra.",
         **examples(f"{PROG} generate --input requests.jsonl --output answers.jsonl ~/hf/CodeLlama-7b",
                    f"{PROG} generate --input gaps.jsonl --output middles.jsonl --max-new-tokens 64 ~/hf/CodeLlama-13b",
                    f"{PROG} generate --ray --input requests.jsonl --output answers.jsonl ~/hf/CodeLlama-7b   "
@@ -302,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run the job as Ray Data map_batches over replicas of the engine; ADDRESS omitted: a local Ray "
                         "instance for this job; 'auto', host:port or ray://host:port: a running cluster, where "
-                        "MODEL_DIR must be at the same path on every node (write --ray=ADDRESS, or put --ray before another option, so that MODEL_DIR is not taken for "
-                        "ADDRESS)")
+                        "MODEL_DIR must be at the same path on every node (write --ray=ADDRESS, or put --ray before "
+                        "another option, so that MODEL_DIR is not taken for ADDRESS)")
     g.add_argument("--ray-replicas", type=int, metavar="N",
                    help="engine replicas, one actor each (default: as many as the cluster's CPUs and GPUs hold)")
     g.add_argument("--ray-cpus-per-replica", type=float, default=1.0, metavar="X",

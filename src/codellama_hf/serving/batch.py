@@ -140,7 +140,7 @@ async def answer(service: Service, number: int, text: str, *, default_max_new_to
         return {"line": number, "error": f"{type(e).__name__}: {e}"}
 
 
-class _Job:
+class BatchJob:
     """The output side both paths share: checks the files, finds where to resume, and appends records strictly in
     input order (so resuming and cutting a torn last line work alike with and without Ray)."""
 
@@ -202,7 +202,7 @@ class _Job:
                             tokens=self.tokens, seconds=time.perf_counter() - self.start, **more)
 
 
-async def _run(service: Service, job: _Job, *, default_max_new_tokens: int, concurrency: int) -> None:
+async def _run(service: Service, job: BatchJob, *, default_max_new_tokens: int, concurrency: int) -> None:
     pending: dict[int, asyncio.Task] = {}
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -223,7 +223,7 @@ async def _run(service: Service, job: _Job, *, default_max_new_tokens: int, conc
 def run_batch(service: Service, input_path, output_path, *, default_max_new_tokens: int = 128,
               concurrency: int = 64, quiet: bool = False) -> BatchSummary:
     """Generate for every line of `input_path` into `output_path`, resuming after the lines already there."""
-    with _Job(input_path, output_path, quiet=quiet) as job:
+    with BatchJob(input_path, output_path, quiet=quiet) as job:
         asyncio.run(_run(service, job, default_max_new_tokens=default_max_new_tokens,
                          concurrency=max(1, concurrency)))
     return job.summary()

@@ -14,7 +14,7 @@ import math
 from collections import Counter
 
 from ..errors import UserInputError
-from .batch import BatchSummary, _Job, answer
+from .batch import BatchSummary, BatchJob, answer
 from .loading import check_folder
 
 REPLICA_START_TIMEOUT_S = 1800  # a 70B from a network disk, with room to spare
@@ -82,44 +82,48 @@ def run_batch_ray(model_dir, input_path, output_path, *, load_options: dict | No
     the job and stops it after; "auto", "ray://host:port" or "host:port" joins a running cluster. Where Ray is already
     initialized in this process, the job runs there. `gpus_per_replica` None: 1 where the cluster has GPUs, else 0.
     `node_ip_address`: this machine's address as a Ray node (Ray's own guess, the network address, can hang a
-    sandboxed machine; a loopback one such as 127.0.0.2 runs; 127.0.0.1 Ray rewrites to its guess). Summary.nodes counts the lines each node answered."""
+    sandboxed machine; a loopback one such as 127.0.0.2 runs; 127.0.0.1 Ray rewrites to its guess).
+    Summary.nodes counts the lines each node answered."""
     if cpus_per_replica < 0 or (gpus_per_replica or 0) < 0:
         raise UserInputError(f"CPUs/GPUs per replica must be >= 0, got {cpus_per_replica!r}/{gpus_per_replica!r}")
     folder = str(check_folder(model_dir).resolve())
-    job = _Job(input_path, output_path, quiet=quiet)  # bad files are refused before a cluster starts
+    job = BatchJob(input_path, output_path, quiet=quiet)  # bad files are refused before a cluster starts
     ray = _import_ray()
+    if not job.todo:  # all done already: no cluster to start
+        with job:
+            return job.summary()
     started = not ray.is_initialized()
     if started:
         options = {"include_dashboard": False} if address is None else {}  # no dashboard for a job's own instance
         if node_ip_address:
             options["_node_ip_address"] = node_ip_address
         ray.init(address=address or "local", log_to_driver=not quiet, **options)
+    context = ray.data.DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.enable_progress_bars, context.wait_for_min_actors_s)
     try:
         if gpus_per_replica is None:
             gpus_per_replica = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         size = _replicas(ray, replicas, cpus_per_replica, gpus_per_replica)
-        context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False  # ours counts lines as they are written
         # Every replica loads its model before the first batch: else the first one up takes the whole job. A
         # replica that cannot start (no room, a folder missing on its node) fails the job after this long.
         context.wait_for_min_actors_s = REPLICA_START_TIMEOUT_S
         todo = [{"line": n, "text": t} for n, t in enumerate(job.todo, job.next_line)]
+        batch = max(1, min(concurrency, math.ceil(len(todo) / (4 * size))))  # several batches for every replica
+        data = ray.data.from_items(todo).map_batches(
+            Replica,
+            fn_constructor_args=(folder, dict(load_options or {}), default_max_new_tokens, max(1, concurrency)),
+            compute=ray.data.ActorPoolStrategy(size=size), batch_size=batch, num_cpus=cpus_per_replica,
+            num_gpus=gpus_per_replica)
         nodes: Counter = Counter()
         with job:
-            if todo:
-                # Batches small enough that every replica gets several, at most `concurrency` lines each.
-                batch = max(1, min(concurrency, math.ceil(len(todo) / (4 * size))))
-                data = ray.data.from_items(todo).map_batches(
-                    Replica, fn_constructor_args=(folder, dict(load_options or {}), default_max_new_tokens,
-                                                  max(1, concurrency)),
-                    compute=ray.data.ActorPoolStrategy(size=size), batch_size=batch, num_cpus=cpus_per_replica,
-                    num_gpus=gpus_per_replica)
-                for row in data.iter_rows():
-                    job.write(json.loads(row["record"]))
-                    nodes[row["node"]] += 1
+            for row in data.iter_rows():
+                job.write(json.loads(row["record"]))
+                nodes[row["node"]] += 1
         return job.summary(nodes=dict(nodes))
     finally:
+        context.execution_options.preserve_order, context.enable_progress_bars, context.wait_for_min_actors_s = saved
         if started:
             ray.shutdown()
 
