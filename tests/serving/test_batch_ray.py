@@ -5,13 +5,16 @@ socket paths must fit 107 bytes). Every job runs in a subprocess with a timeout;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -40,6 +43,31 @@ def seed_output(path) -> str:
     return kept
 
 
+def processes_of(temp: str) -> list[int]:
+    """The live processes this test's Ray started: those with its RAY_TMPDIR in their environment."""
+    mark, pids = f"RAY_TMPDIR={temp}".encode(), []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if mark in environ and state != b"Z" and int(entry) != os.getpid():
+            pids.append(int(entry))
+    return pids
+
+
+def assert_nothing_left(temp: str) -> None:
+    """Every replica's process ends with the job (a non-daemon engine thread once kept them alive, holding the
+    model, after Ray had gone)."""
+    deadline = time.monotonic() + 30
+    while processes_of(temp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_of(temp), "Ray processes outlived the job"
+
+
 @pytest.fixture
 def ray_env(monkeypatch):
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
@@ -47,6 +75,9 @@ def ray_env(monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", temp)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))  # the driver and every Ray worker import this tree
     yield temp
+    for pid in processes_of(temp):  # whatever a failed test left, by its own id
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -78,6 +109,7 @@ def test_generate_on_a_local_ray_instance(instruct_folder, tmp_path, ray_env):
     check_records(records, kept)
     assert "2 lines were already there" in done.stderr and "1 Ray nodes answered" in done.stderr
     assert re.search(r"\(2 errors\), [1-9]\d* tokens", done.stderr)
+    assert_nothing_left(ray_env)
 
 
 def test_generate_on_a_two_node_cluster_spreads_the_replicas(instruct_folder, tmp_path, ray_env):
@@ -96,6 +128,7 @@ def test_generate_on_a_two_node_cluster_spreads_the_replicas(instruct_folder, tm
                                        "--ray-replicas", "2", "--ray-cpus-per-replica", "1.5")
     finally:
         cluster.shutdown()
+    assert_nothing_left(ray_env)
     check_records(records, kept)
     answered = dict(re.findall(r"node ([0-9a-f]+): (\d+) lines", done.stderr))
     assert {full for full in node_ids for short in answered if full.startswith(short)} == node_ids, done.stderr

@@ -51,6 +51,13 @@ class Replica:
 
         return await asyncio.gather(*(one(n, t) for n, t in numbered))
 
+    def __del__(self):
+        # Ray Data drops the replica when the job ends. Continuous batching's loop is a non-daemon thread: left
+        # running, it keeps the actor's process (and its copy of the model) alive as an orphan after Ray is gone.
+        service = getattr(self, "service", None)
+        if service is not None:
+            service.engine.stop()
+
     def __call__(self, batch: dict) -> dict:
         records = asyncio.run(self._answer_all([(int(n), str(t)) for n, t in zip(batch["line"], batch["text"])]))
         # One JSON string per record: outputs differ in shape from line to line, which no Arrow column holds.
