@@ -97,18 +97,31 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     serving = _serving()
-    service = serving.load_service(args.model_dir, dtype=args.dtype, quantization=args.quantization,
-                                   device_map=args.device_map, engine=args.engine, max_queue=max(args.concurrency, 1),
-                                   max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens)
-    try:
-        s = serving.run_batch(service, args.input, args.output, default_max_new_tokens=args.max_new_tokens,
-                              concurrency=args.concurrency, quiet=args.quiet)
-    finally:
-        service.engine.stop()
+    load_options = dict(dtype=args.dtype, quantization=args.quantization, device_map=args.device_map,
+                        engine=args.engine, max_queue=max(args.concurrency, 1), max_batch_tokens=args.max_batch_tokens,
+                        kv_cache_tokens=args.kv_cache_tokens)
+    if args.ray is not None:  # the only path that imports Ray
+        from codellama_hf.serving.batch_ray import run_batch_ray
+
+        s = run_batch_ray(args.model_dir, args.input, args.output, load_options=load_options,
+                          address=args.ray or None, replicas=args.ray_replicas,
+                          cpus_per_replica=args.ray_cpus_per_replica, gpus_per_replica=args.ray_gpus_per_replica,
+                          node_ip_address=args.ray_node_ip, default_max_new_tokens=args.max_new_tokens,
+                          concurrency=args.concurrency, quiet=args.quiet)
+    else:
+        service = serving.load_service(args.model_dir, **load_options)
+        try:
+            s = serving.run_batch(service, args.input, args.output, default_max_new_tokens=args.max_new_tokens,
+                                  concurrency=args.concurrency, quiet=args.quiet)
+        finally:
+            service.engine.stop()
     if not args.quiet:
         resumed = f"; {s.skipped} lines were already there" if s.skipped else ""
+        nodes = (f"; {len(s.nodes)} Ray nodes answered (" + ", ".join(f"node {node[:12]}: {n} lines"
+                                                               for node, n in sorted(s.nodes.items())) + ")"
+                 if s.nodes else "")
         print(f"wrote {s.written} lines to {args.output} ({s.errors} errors), {s.tokens} tokens in {s.seconds:.1f} s "
-              f"({s.tokens / max(s.seconds, 1e-9):.1f} tokens/s){resumed}", file=sys.stderr)
+              f"({s.tokens / max(s.seconds, 1e-9):.1f} tokens/s){resumed}{nodes}", file=sys.stderr)
     return 0  # bad lines are records in the output, not a failed job
 
 
@@ -275,10 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "({\"input_string\": [...], \"parameters\": {...}}), an infilling request ({\"prefix\", \"suffix\"})\n"
                     "or a prompt ({\"prompt\"}), with optional \"parameters\". OUT.jsonl gets one line per input, in\n"
                     "order: {\"line\": N, \"output\": ...} or {\"line\": N, \"error\": ...}. A rerun resumes after the\n"
-                    "lines already written. Runs on continuous batching, as the server does. Needs the serve\n"
-                    "extra.",
+                    "lines already written. Runs on continuous batching, as the server does, or with --ray over\n"
+                    "engine replicas on a Ray cluster (the ray extra). Needs the serve extra.",
         **examples(f"{PROG} generate --input requests.jsonl --output answers.jsonl ~/hf/CodeLlama-7b",
-                   f"{PROG} generate --input gaps.jsonl --output middles.jsonl --max-new-tokens 64 ~/hf/CodeLlama-13b"))
+                   f"{PROG} generate --input gaps.jsonl --output middles.jsonl --max-new-tokens 64 ~/hf/CodeLlama-13b",
+                   f"{PROG} generate --ray --input requests.jsonl --output answers.jsonl ~/hf/CodeLlama-7b   "
+                   f"# a local Ray instance",
+                   f"{PROG} generate --ray auto --ray-gpus-per-replica 1 --input /shared/in.jsonl --output out.jsonl "
+                   f"/shared/hf/CodeLlama-13b"))
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted folder")
     p.add_argument("--input", required=True, metavar="IN.jsonl", help="one JSON request per line")
     p.add_argument("--output", required=True, metavar="OUT.jsonl", help="answers, appended to (resumed) if present")
@@ -287,6 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="requests in the engine at once (default: %(default)s)")
     add_model_options(p)
+    g = p.add_argument_group("Ray (needs the ray extra: pip install 'codellama-hf[ray]'; docs/serving.md)")
+    g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the job as Ray Data map_batches over replicas of the engine; ADDRESS omitted: a local Ray "
+                        "instance for this job; 'auto', host:port or ray://host:port: a running cluster, where "
+                        "MODEL_DIR must be at the same path on every node (write --ray=ADDRESS, or put --ray before "
+                        "another option, so that MODEL_DIR is not taken for ADDRESS)")
+    g.add_argument("--ray-replicas", type=int, metavar="N",
+                   help="engine replicas, one actor each (default: as many as the cluster's CPUs and GPUs hold)")
+    g.add_argument("--ray-cpus-per-replica", type=float, default=1.0, metavar="X",
+                   help="logical CPUs each replica claims; fractions allowed (default: %(default)s)")
+    g.add_argument("--ray-gpus-per-replica", type=float, metavar="X",
+                   help="GPUs each replica claims; fractions allowed (default: 1 where the cluster has GPUs, else 0)")
+    g.add_argument("--ray-node-ip", metavar="IP",
+                   help="this machine's address as a Ray node, e.g. 127.0.0.2 where Ray's guess of the network "
+                        "address hangs (Ray rewrites 127.0.0.1 to its guess; default: Ray's guess)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(run=_generate)
     return parser

@@ -167,3 +167,41 @@ def test_serve_without_a_folder_says_so_in_one_line(tmp_path, capsys):
     assert codellama_hf_cli.main(["serve", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip().endswith("is not a converted model folder (no config.json); pass the output folder "
                                         "of `codellama-hf convert`")
+
+
+def test_generate_without_ray_imports_no_ray(instruct_folder, tmp_path):
+    write_input(tmp_path / "in.jsonl", [{"prompt": "x", "parameters": {"max_new_tokens": 1}}])
+    code = ("import sys, codellama_hf_cli as cli; rc = cli.main(sys.argv[1:]); "
+            "print([m for m in sys.modules if m.split('.')[0] == 'ray']); sys.exit(rc)")
+    command, env = cli("generate", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"),
+                       "--quiet", "--kv-cache-tokens", str(KV_CACHE_TOKENS), str(instruct_folder))
+    done = subprocess.run([sys.executable, "-c", code, *command[3:]], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]" and read(tmp_path / "out.jsonl")[0]["line"] == 1
+
+
+def test_generate_ray_without_the_extra_is_a_one_line_error(instruct_folder, tmp_path, monkeypatch, capsys):
+    import codellama_hf_cli
+
+    write_input(tmp_path / "in.jsonl", LINES[:1])
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    rc = codellama_hf_cli.main(["generate", "--ray", "--input", str(tmp_path / "in.jsonl"), "--output",
+                                str(tmp_path / "out.jsonl"), str(instruct_folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "pip install 'codellama-hf[ray]'" in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_ray_replicas_default_to_what_the_cluster_holds_and_more_are_refused():
+    from codellama_hf.errors import UserInputError
+    from codellama_hf.serving.batch_ray import _replicas
+
+    class Cluster:  # ray.cluster_resources() of a 2-node cluster: 16 CPUs, 4 GPUs
+        cluster_resources = staticmethod(lambda: {"CPU": 16.0, "GPU": 4.0})
+
+    assert _replicas(Cluster, None, 1.0, 0.0) == 16 and _replicas(Cluster, None, 0.5, 0.0) == 32
+    assert _replicas(Cluster, None, 1.0, 1.0) == 4 and _replicas(Cluster, None, 2.0, 0.5) == 8
+    assert _replicas(Cluster, 3, 1.0, 1.0) == 3
+    with pytest.raises(UserInputError, match=r"--ray-replicas 5 with 1 CPUs and 1 GPUs each: .* room for 4"):
+        _replicas(Cluster, 5, 1.0, 1.0)

@@ -11,6 +11,8 @@
     httputil.py     error shapes, server-sent events, disconnects
     openai_api.py, llamacpp_api.py, tgi_api.py, score_api.py   one module per API shape
     batch.py        `codellama-hf generate`, the batch endpoint, on the same engine (no HTTP imports)
+    batch_ray.py    `generate --ray`: the same job as Ray Data map_batches over engine replicas (imports Ray;
+                    nothing else here imports it)
 
 Serving needs the `serve` extra (FastAPI, uvicorn): pip install 'codellama-hf[serve]'. The HTTP names (create_app,
 ServeOptions, serve) load on first use, so the batch job runs without uvicorn.

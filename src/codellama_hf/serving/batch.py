@@ -13,11 +13,10 @@ complete lines already written (dropping a torn last line) and goes on after the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserInputError
@@ -34,6 +33,7 @@ class BatchSummary:
     errors: int
     tokens: int  # generated
     seconds: float
+    nodes: dict[str, int] = field(default_factory=dict)  # with Ray: lines answered per node id
 
 
 def completed_lines(output: Path) -> int:
@@ -114,82 +114,116 @@ def _output(shape, dones) -> object:
     return {"generated_text": (record["prompt"] if params.return_full_text else "") + dones[0].text}
 
 
-async def _run(service: Service, lines: list[str], first: int, out, *, default_max_new_tokens: int,
-               concurrency: int, progress) -> tuple[int, int, int]:
-    written = errors = tokens = 0
+async def answer(service: Service, number: int, text: str, *, default_max_new_tokens: int) -> dict:
+    """One input line's record, {"line", "output"} or {"line", "error"}, plus "_tokens" (generated) for the summary.
+
+    The per-line work of both paths (this process, and each Ray replica of batch_ray.py): plan the requests, start
+    them all at once, wait for every answer. A bad line is an error record, never the end of the job."""
+    try:
+        requests, shape = _plan(service, text, default_max_new_tokens)
+        if len(requests) > service.engine.max_queue:  # could never be admitted whole: waiting would hang
+            raise ServingError(f"the line holds {len(requests)} inputs and at most "
+                               f"{service.engine.max_queue} run at once; split it or raise --concurrency")
+        while True:
+            try:
+                runs = start_all(service, requests)  # all or none: a partial start would run for nobody
+                break
+            except ServingError as e:
+                if e.kind != "overloaded":
+                    raise
+                await asyncio.sleep(0.05)  # the engine's queue is shared with nobody here: wait for room
+        dones = [await run.result() for run in runs]
+        return {"line": number, "output": _output(shape, dones), "_tokens": sum(d.completion_tokens for d in dones)}
+    except ServingError as e:
+        return {"line": number, "error": e.message}
+    except Exception as e:
+        return {"line": number, "error": f"{type(e).__name__}: {e}"}
+
+
+class BatchJob:
+    """The output side both paths share: checks the files, finds where to resume, and appends records strictly in
+    input order (so resuming and cutting a torn last line work alike with and without Ray)."""
+
+    def __init__(self, input_path, output_path, *, quiet: bool):
+        input_path, output_path = Path(input_path), Path(output_path)
+        if not input_path.is_file():
+            raise UserInputError(f"no input file {str(input_path)!r}; pass a JSONL file, one request per line")
+        if input_path.resolve() == output_path.resolve():
+            raise UserInputError("--input and --output are the same file; write the output elsewhere")
+        self.lines = input_path.read_text(encoding="utf-8").splitlines()
+        self.done = completed_lines(output_path)
+        if self.done > len(self.lines):
+            raise UserInputError(f"{str(output_path)!r} already holds {self.done} lines but the input has "
+                                 f"{len(self.lines)}; it is the output of another input: pass a new --output")
+        self.output_path, self.quiet = output_path, quiet
+        self.written = self.errors = self.tokens = 0
+        self.next_line = self.done + 1
+
+    @property
+    def todo(self) -> list[str]:
+        return self.lines[self.done:]
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.progress = None
+        if not self.quiet:
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=len(self.lines), initial=self.done, unit="line", desc="generate",
+                                 dynamic_ncols=True)
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        self.out = open(self.output_path, "a", encoding="utf-8")
+        return self
+
+    def write(self, record: dict) -> None:
+        if record.get("line") != self.next_line:  # a bug, never a user's input: the file would no longer resume
+            raise RuntimeError(f"record for line {record.get('line')} came when line {self.next_line} was due")
+        self.tokens += record.pop("_tokens", 0)
+        self.errors += "error" in record
+        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.out.flush()
+        self.written += 1
+        self.next_line += 1
+        if self.progress is not None:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            self.progress.set_postfix_str(f"{self.tokens / elapsed:.1f} tokens/s", refresh=False)
+            self.progress.update(1)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            os.fsync(self.out.fileno())
+        finally:
+            self.out.close()
+            if self.progress is not None:
+                self.progress.close()
+
+    def summary(self, **more) -> BatchSummary:
+        return BatchSummary(total=len(self.lines), skipped=self.done, written=self.written, errors=self.errors,
+                            tokens=self.tokens, seconds=time.perf_counter() - self.start, **more)
+
+
+async def _run(service: Service, job: BatchJob, *, default_max_new_tokens: int, concurrency: int) -> None:
     pending: dict[int, asyncio.Task] = {}
-    next_to_write = first
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(number: int, text: str) -> dict:
         async with semaphore:
-            try:
-                requests, shape = _plan(service, text, default_max_new_tokens)
-                if len(requests) > service.engine.max_queue:  # could never be admitted whole: waiting would hang
-                    raise ServingError(f"the line holds {len(requests)} inputs and at most "
-                                       f"{service.engine.max_queue} run at once; split it or raise --concurrency")
-                while True:
-                    try:
-                        runs = start_all(service, requests)  # all or none: a partial start would run for nobody
-                        break
-                    except ServingError as e:
-                        if e.kind != "overloaded":
-                            raise
-                        await asyncio.sleep(0.05)  # the engine's queue is shared with nobody here: wait for room
-                dones = [await run.result() for run in runs]
-                return {"line": number, "output": _output(shape, dones),
-                        "_tokens": sum(d.completion_tokens for d in dones)}
-            except ServingError as e:
-                return {"line": number, "error": e.message}
-            except Exception as e:  # a bad line is an error record, never the end of the job
-                return {"line": number, "error": f"{type(e).__name__}: {e}"}
+            return await answer(service, number, text, default_max_new_tokens=default_max_new_tokens)
 
     window = 2 * concurrency  # lines in flight or finished but waiting for an earlier one; bounds memory
-    end, queued = first + len(lines), first
-    start = time.perf_counter()
-    while next_to_write < end:
-        while queued < end and queued < next_to_write + window:
-            pending[queued] = asyncio.ensure_future(one(queued, lines[queued - first]))
+    first, todo = job.next_line, job.todo
+    end, queued = first + len(todo), first
+    while job.next_line < end:
+        while queued < end and queued < job.next_line + window:
+            pending[queued] = asyncio.ensure_future(one(queued, todo[queued - first]))
             queued += 1
-        record = await pending.pop(next_to_write)
-        tokens += record.pop("_tokens", 0)
-        errors += "error" in record
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        out.flush()
-        written += 1
-        next_to_write += 1
-        if progress is not None:
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            progress.set_postfix_str(f"{tokens / elapsed:.1f} tokens/s", refresh=False)
-            progress.update(1)
-    return written, errors, tokens
+        job.write(await pending.pop(job.next_line))
 
 
 def run_batch(service: Service, input_path, output_path, *, default_max_new_tokens: int = 128,
               concurrency: int = 64, quiet: bool = False) -> BatchSummary:
     """Generate for every line of `input_path` into `output_path`, resuming after the lines already there."""
-    input_path, output_path = Path(input_path), Path(output_path)
-    if not input_path.is_file():
-        raise UserInputError(f"no input file {str(input_path)!r}; pass a JSONL file, one request per line")
-    if input_path.resolve() == output_path.resolve():
-        raise UserInputError("--input and --output are the same file; write the output elsewhere")
-    lines = input_path.read_text(encoding="utf-8").splitlines()
-    done = completed_lines(output_path)
-    if done > len(lines):
-        raise UserInputError(f"{str(output_path)!r} already holds {done} lines but the input has {len(lines)}; it is "
-                             f"the output of another input: pass a new --output")
-    todo = lines[done:]
-    start = time.perf_counter()
-    progress = None
-    if not quiet:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(lines), initial=done, unit="line", desc="generate", dynamic_ncols=True)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(output_path, "a", encoding="utf-8") as out, (progress or contextlib.nullcontext()):
-        written, errors, tokens = asyncio.run(_run(service, todo, done + 1, out,
-                                                   default_max_new_tokens=default_max_new_tokens,
-                                                   concurrency=max(1, concurrency), progress=progress))
-        os.fsync(out.fileno())
-    return BatchSummary(total=len(lines), skipped=done, written=written, errors=errors, tokens=tokens,
-                        seconds=time.perf_counter() - start)
+    with BatchJob(input_path, output_path, quiet=quiet) as job:
+        asyncio.run(_run(service, job, default_max_new_tokens=default_max_new_tokens,
+                         concurrency=max(1, concurrency)))
+    return job.summary()
