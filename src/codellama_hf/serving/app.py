@@ -78,7 +78,6 @@ class Gate:
             error = ServingError(f"Host {host!r} is not allowed on a loopback address (DNS rebinding); use "
                                  f"http://localhost, or start the server with --allowed-hosts {host.split(':')[0]}",
                                  kind="forbidden")
-            logger.warning("refused Host %r", host)
             return await shape.response(error)(scope, receive, send)
         if scope["path"] in UNGUARDED or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
