@@ -205,7 +205,8 @@ def never_loads():
     threading.Event().wait(60)
 
 
-@pytest.mark.parametrize("allowed, host, status", [(("my.box",), "my.box:8080", 503), (("my.box",), "evil.example", 403),
+@pytest.mark.parametrize("allowed, host, status", [(("my.box",), "my.box:8080", 503),
+                                                   (("my.box",), "evil.example", 403),
                                                    (("*",), "evil.example", 503)])
 def test_allowed_hosts_admit_more_names(allowed, host, status):
     live = start_server(never_loads, ready=False, allowed_hosts=allowed)

@@ -105,7 +105,7 @@ class GenerateRequest(_Common):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
+    role: Text
     content: Text = ""
     images: list[str] | None = None
 
