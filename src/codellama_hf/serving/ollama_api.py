@@ -72,7 +72,7 @@ class Options(BaseModel):
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # keep_alive, think, tools, ...
-    model: str = ""
+    model: Text = ""  # echoed in every answer
     stream: bool = True
     options: Options = Field(default_factory=Options)
     format: object = None
