@@ -28,6 +28,7 @@ CASES = [
     ("/score", {"input_data": {"input_string": [LONE]}}, "input_data.input_string.0", 400),
     ("/api/generate", {"prompt": "x", "suffix": LONE}, "suffix", 400),
     ("/api/chat", {"messages": [{"role": "user", "content": LONE}]}, "messages.0.content", 400),
+    ("/api/generate", {"model": LONE, "prompt": "x", "stream": False, "options": {"num_predict": 1}}, "model", 400),
 ]
 
 

@@ -60,7 +60,8 @@ def test_generate_stream_counts_match_with_a_stop_sequence(server):
         events = sse_events(r.iter_lines())
     last = events[-1]
     assert last["details"]["generated_tokens"] == len(events) and last["details"]["finish_reason"] == "stop_sequence"
-    assert "".join(e["token"]["text"] for e in events) == last["generated_text"] and last["generated_text"].endswith(stop)
+    text = last["generated_text"]
+    assert "".join(e["token"]["text"] for e in events) == text and text.endswith(stop)
 
 
 # ----- what text_generation.Client sends: POST / with its request.dict(); `stream` picks the answer ----------------

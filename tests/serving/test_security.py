@@ -205,7 +205,8 @@ def never_loads():
     threading.Event().wait(60)
 
 
-@pytest.mark.parametrize("allowed, host, status", [(("my.box",), "my.box:8080", 503), (("my.box",), "evil.example", 403),
+@pytest.mark.parametrize("allowed, host, status", [(("my.box",), "my.box:8080", 503),
+                                                   (("my.box",), "evil.example", 403),
                                                    (("*",), "evil.example", 503)])
 def test_allowed_hosts_admit_more_names(allowed, host, status):
     live = start_server(never_loads, ready=False, allowed_hosts=allowed)
@@ -214,3 +215,16 @@ def test_allowed_hosts_admit_more_names(allowed, host, status):
         assert r.status_code == status  # 503: past the Host check, at the loading gate
     finally:
         live.stop()
+
+
+def test_the_cli_passes_allowed_hosts_and_the_openapi_switch(monkeypatch, tmp_path):
+    import codellama_hf.serving as serving
+    import codellama_hf_cli
+
+    seen = {}
+    monkeypatch.setattr(serving, "serve", lambda model_dir, *, options, **kwargs: seen.update(options=options))
+    argv = ["serve", str(tmp_path), "--allowed-hosts", "my.box", "--allowed-hosts", "other.box", "--no-openapi"]
+    assert codellama_hf_cli.main(argv) == 0
+    assert seen["options"].allowed_hosts == ("my.box", "other.box") and seen["options"].openapi is False
+    assert codellama_hf_cli.main(["serve", str(tmp_path)]) == 0
+    assert seen["options"].allowed_hosts == () and seen["options"].openapi is True

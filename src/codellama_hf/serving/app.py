@@ -58,6 +58,12 @@ class ServeOptions:
             raise UserInputError("an API key is empty; pass a non-empty --api-key (is the variable you passed set?)")
 
 
+def host_name(host: str) -> str:
+    """A Host header without its port, lowercased: 'LocalHost:8080' -> 'localhost', '[::1]:80' -> '[::1]'."""
+    host = host.strip().lower()
+    return host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+
+
 class Gate:
     """ASGI middleware: Host (against DNS rebinding), API key, body size (read up to the limit, then replayed to the
     app), UTF-8, and readiness."""
@@ -66,7 +72,7 @@ class Gate:
         self.app, self.owner, self.options = app, owner, options
         self.keys = [k.encode() for k in options.api_keys]
         self.hosts = None if "*" in options.allowed_hosts else {
-            h.lower() for h in (*LOCAL_HOSTS, *options.allowed_hosts)}
+            host_name(h) for h in (*LOCAL_HOSTS, *options.allowed_hosts)}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -76,9 +82,8 @@ class Gate:
         if not self._host_allowed(scope, headers):
             host = headers[b"host"].decode("latin-1")
             error = ServingError(f"Host {host!r} is not allowed on a loopback address (DNS rebinding); use "
-                                 f"http://localhost, or start the server with --allowed-hosts {host.split(':')[0]}",
+                                 f"http://localhost, or start the server with --allowed-hosts {host_name(host)}",
                                  kind="forbidden")
-            logger.warning("refused Host %r", host)
             return await shape.response(error)(scope, receive, send)
         if scope["path"] in UNGUARDED or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
@@ -119,9 +124,7 @@ class Gate:
                     return True
             except ValueError:  # a name rather than an address: not a socket we listen on by IP
                 return True
-        host = headers[b"host"].decode("latin-1").lower()
-        name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
-        return name in self.hosts
+        return host_name(headers[b"host"].decode("latin-1")) in self.hosts
 
     def _authorized(self, headers: dict) -> bool:
         offered = []

@@ -72,7 +72,7 @@ class Options(BaseModel):
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # keep_alive, think, tools, ...
-    model: str = ""
+    model: Text = ""  # echoed in every answer
     stream: bool = True
     options: Options = Field(default_factory=Options)
     format: object = None
@@ -105,7 +105,7 @@ class GenerateRequest(_Common):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
+    role: Text
     content: Text = ""
     images: list[str] | None = None
 
