@@ -83,3 +83,24 @@ def test_other_tokenizer_refusals_keep_their_own_reason(client, server, monkeypa
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="m", prompt="def f(", max_tokens=1)
     assert "too odd" in str(e.value) and "rendered" not in str(e.value)
+
+
+def test_the_batch_jobs_prompts_and_input_strings_are_text(instruct_folder, meta, tmp_path, monkeypatch):
+    import json
+
+    from codellama_hf.serving import load_service, run_batch
+
+    from .conftest import KV_CACHE_TOKENS
+
+    service = load_service(instruct_folder, engine="eager", kv_cache_tokens=KV_CACHE_TOKENS)
+    try:
+        seen, real = [], service.engine.submit
+        monkeypatch.setattr(service.engine, "submit", lambda request: seen.append(request) or real(request))
+        lines = [{"prompt": TEXTS[0]}, {"input_string": TEXTS[1:3]}]
+        (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        summary = run_batch(service, tmp_path / "in.jsonl", tmp_path / "out.jsonl", default_max_new_tokens=1,
+                            quiet=True)
+        assert summary.errors == 0
+        assert sorted(list(r.prompt_ids) for r in seen) == sorted(meta.encode_text(t) for t in TEXTS[:3])
+    finally:
+        service.engine.stop()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from ..configuration import capabilities
 from ..errors import UserInputError
-from ..variants import INFILLING_VARIANTS
 from .constants import SMILEY
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,10 @@ class InfillingMixin:
         return prompts
 
     def _require_infilling(self) -> tuple[int, int, int]:
-        ids = [self._control_ids[k] for k in ("prefix_token_id", "suffix_token_id", "middle_token_id")]
-        if None in ids:
-            raise UserInputError(f"this vocabulary ({self.vocab_size} pieces) has no infilling pieces; infilling "
-                                 f"works with the variants trained for it: {', '.join(INFILLING_VARIANTS)}")
-        return tuple(ids)
+        caps = capabilities(None, self)  # the tokenizer alone: its pieces decide
+        if caps.fim_token_ids is None:
+            raise UserInputError(caps.infilling_refusal)
+        return tuple(caps.fim_token_ids[k] for k in ("prefix_token_id", "suffix_token_id", "middle_token_id"))
 
     def decode_infilling(self, token_ids: Sequence[int], *, stop_at_eot: bool = True) -> str:
         """Meta's `decode_infilling`: the generated middle, cut at EOT/EOS, with no space lost or added at its start."""
