@@ -84,7 +84,7 @@ def test_without_the_prepared_pad_id_the_loop_hands_the_call_to_the_stock_loop(t
 def test_without_the_pipeline_hook_our_pipelines_merge_their_defaults_as_it_does(caplog):
     model = types.SimpleNamespace(generation_config=GenerationConfig(temperature=0.2))
     pipe = types.SimpleNamespace(model=model, _default_generation_config=GenerationConfig(
-        max_new_tokens=128, do_sample=False, temperature=0.7, num_beams=1))
+        max_new_tokens=128, temperature=0.7))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         kwargs = _compat.pipeline_generate_kwargs(pipe, object(), {"do_sample": True}, eos_token_id=[2])
         _compat.pipeline_generate_kwargs(pipe, object(), {"generation_config": model.generation_config})

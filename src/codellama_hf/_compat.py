@@ -5,8 +5,11 @@ first needed, through a function that answers None (or a safe default) when the 
 needs it then switches off with one log line that says what and why, and the package runs the library's public
 path instead, which gives the same tokens:
 
-- the fast path (`_prefill`, `_sample`, `_prepare_generation_config`, `_pad_token_tensor`, `_attn_implementation`,
-  the pipelines' `_prepare_generate_kwargs` hook) falls back to stock `generate`;
+- the fast path (`_prefill`, `_sample`, `_prepare_generation_config`, `_pad_token_tensor`, `_attn_implementation`)
+  falls back to stock `generate`; so it does where the model's forward takes no `cache=` (before Transformers 5.24;
+  5.19's takes `past_key_values`);
+- without the pipelines' `_prepare_generate_kwargs` hook (absent in 5.19), our pipelines merge their defaults
+  themselves;
 - the compile-failure retry (torch's dynamo and inductor exception classes) lets such errors propagate;
 - the serving engine (the continuous batching manager's `output_router._lock`, `.result_handlers`,
   `background_thread_status`) keeps a cancelled request's handler (it ignores later output) and judges the
@@ -31,16 +34,16 @@ PRIVATE_NAMES = (
      "device_maps.auto_device_map plans with accelerate's public planner"),
     ("transformers", "PreTrainedModel._no_split_modules", "5.19.0, 5.25.0",
      "the fallback device-map planner splits modules anywhere"),
-    ("transformers", "GenerationMixin._prefill", "5.25.0 (absent in 5.19)", "fast path"),
+    ("transformers", "GenerationMixin._prefill", "5.19.0, 5.25.0", "fast path"),
     ("transformers", "GenerationMixin._sample", "5.19.0, 5.25.0", "fast path"),
     ("transformers", "GenerationMixin._prepare_generation_config", "5.19.0, 5.25.0", "fast path"),
     ("transformers", "GenerationConfig._pad_token_tensor", "5.19.0, 5.25.0", "fast path"),
     ("transformers", "PretrainedConfig._attn_implementation", "5.19.0, 5.25.0", "fast path"),
     ("transformers", "Pipeline._prepare_generate_kwargs (extended hook)", "5.25.0 (absent in 5.19)",
      "our pipelines merge their defaults themselves"),
-    ("transformers", "ContinuousBatchingManager.output_router._lock/.result_handlers", "5.25.0",
+    ("transformers", "ContinuousBatchingManager.output_router._lock/.result_handlers", "5.19.0, 5.25.0",
      "serving: unregistering a cancelled request's handler"),
-    ("transformers", "ContinuousBatchingManager.background_thread_status", "5.25.0",
+    ("transformers", "ContinuousBatchingManager.background_thread_status", "5.19.0, 5.25.0",
      "serving: the manager's health beyond is_running()"),
     ("torch", "_dynamo.exc.BackendCompilerFailed/TorchRuntimeError/Unsupported", "2.13.0",
      "fast path: retrying a step eagerly after a failed compile"),
