@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     serving.serve(args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level,
                   dtype=args.dtype, quantization=args.quantization, device_map=args.device_map, engine=args.engine,
                   max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
-                  kv_cache_tokens=args.kv_cache_tokens, model_id=args.model_name)
+                  kv_cache_tokens=args.kv_cache_tokens, model_id=args.model_name, vllm_options=vllm_options(args))
     return 0
 
 
@@ -98,7 +98,8 @@ def _generate(args: argparse.Namespace) -> int:
     serving = _serving()
     service = serving.load_service(args.model_dir, dtype=args.dtype, quantization=args.quantization,
                                    device_map=args.device_map, engine=args.engine, max_queue=max(args.concurrency, 1),
-                                   max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens)
+                                   max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens,
+                                   vllm_options=vllm_options(args))
     try:
         s = serving.run_batch(service, args.input, args.output, default_max_new_tokens=args.max_new_tokens,
                               concurrency=args.concurrency, quiet=args.quiet)
@@ -146,14 +147,38 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="bitsandbytes quantization (default: %(default)s)")
     p.add_argument("--device-map", metavar="MAP", help="from_pretrained's device_map, e.g. cuda:1 or auto "
                                                        "(default: the GPU if there is one, else cpu)")
-    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
-                   help="continuous: Transformers' continuous batching (default; measured fastest on GPU and CPU, "
-                        "docs/serving.md); eager: one generate() at a time")
+    p.add_argument("--engine", choices=("auto", "vllm", "continuous", "eager"), default="auto",
+                   help="auto (default): vllm where vLLM is installed and supports the device, else continuous; "
+                        "vllm: vLLM's async engine, which loads the folder itself (docs/scaling.md); continuous: "
+                        "Transformers' continuous batching; eager: one generate() at a time")
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="tokens per continuous-batching step (default: Transformers' choice)")
     p.add_argument("--kv-cache-tokens", type=int, metavar="N",
                    help="size of the paged KV cache in tokens; also the longest prompt + answer (default: "
                         "Transformers' choice from free memory)")
+    v = p.add_argument_group("vLLM (--engine vllm): parallelism, passed to vLLM's engine arguments")
+    for flag, kind, text in VLLM_OPTIONS:
+        v.add_argument(flag, type=kind, metavar="N" if kind is int else "ADDR", help=text)
+    v.add_argument("--enforce-eager", action="store_true", default=None,
+                   help="no CUDA graphs / compilation: starts faster, runs slower")
+
+
+# vLLM's engine arguments that pass through as they are named there (vllm.engine.arg_utils.EngineArgs)
+VLLM_OPTIONS = [("--tensor-parallel-size", int, "GPUs (or CPU ranks) per model replica that split each layer"),
+                ("--pipeline-parallel-size", int, "stages that split the layers"),
+                ("--data-parallel-size", int, "model replicas"),
+                ("--nnodes", int, "machines one replica spans (multi-node without Ray); run vLLM's headless "
+                                  "workers on the others (docs/scaling.md)"),
+                ("--node-rank", int, "this machine's rank among --nnodes (0 serves)"),
+                ("--master-addr", str, "the rank-0 machine's address, for --nnodes > 1"),
+                ("--master-port", int, "the rank-0 machine's port, for --nnodes > 1"),
+                ("--distributed-executor-backend", str, "mp (default on one machine) or ray (a Ray cluster)")]
+
+
+def vllm_options(args: argparse.Namespace) -> dict:
+    """The vLLM options given on the command line, as AsyncEngineArgs fields."""
+    names = [flag[2:].replace("-", "_") for flag, _, _ in VLLM_OPTIONS] + ["enforce_eager"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,9 +27,12 @@ MIN_TEMPERATURE = 1e-3  # below it, float32 logits / temperature overflow to inf
 class Service:
     """A loaded model, its tokenizer and an engine, fixed at start: no request names a path or another model."""
 
-    def __init__(self, model, tokenizer, engine: Engine, *, folder=None, model_id: str | None = None):
+    def __init__(self, model, tokenizer, engine: Engine, *, folder=None, model_id: str | None = None, config=None):
+        """`model`: the Transformers model, or None where the engine loaded the folder itself (vLLM): then
+        `config` (the folder's) gives the facts."""
         self.model, self.tokenizer, self.engine = model, tokenizer, engine
-        facts = code_llama_facts(model.config)
+        self.config = config if config is not None else model.config
+        facts = code_llama_facts(self.config)
         self.model_id = model_id or facts.variant or (Path(folder).name if folder else "codellama")
         fim_pieces = None not in [tokenizer.control_token_ids.get(k) for k in ("prefix_token_id", "suffix_token_id",
                                                                                "middle_token_id")]
@@ -129,7 +132,7 @@ class Service:
         kernel, so one request's top_k past int32 or a temperature that is 0 in float32 (NaN probabilities) would
         fail every request in it: top_k >= the vocabulary is off, a temperature under MIN_TEMPERATURE is greedy (what
         it samples anyway), and a seed is kept modulo 2**63 (torch takes no larger; the same seed stays the same)."""
-        vocab = int(self.model.config.vocab_size)
+        vocab = int(self.config.vocab_size)
         return Sampling(temperature=0.0 if s.temperature < MIN_TEMPERATURE else float(s.temperature),
                         top_p=float(s.top_p), top_k=0 if s.top_k >= vocab else int(s.top_k),
                         seed=None if s.seed is None else int(s.seed) % 2**63)
