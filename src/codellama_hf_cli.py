@@ -80,6 +80,11 @@ def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.headless:
+        from codellama_hf.serving.engines.vllm import run_headless
+
+        run_headless(args.model_dir, dtype=args.dtype, **vllm_options(args))
+        return 0
     serving = _serving()
     keys = _api_keys(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
@@ -267,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         **examples(f"{PROG} serve ~/hf/CodeLlama-7b-Instruct",
                    f"{PROG} serve ~/hf/CodeLlama-13b --port 8012 --dtype bfloat16     # llama.vim's default port",
                    f"{PROG} serve ~/hf/CodeLlama-34b --quantization 4bit --api-key-file ~/.codellama-keys",
-                   f"{PROG} serve ~/hf/CodeLlama-7b --host 0.0.0.0 --api-key \"$KEY\" --cors-origins localhost"))
+                   f"{PROG} serve ~/hf/CodeLlama-7b --host 0.0.0.0 --api-key \"$KEY\" --cors-origins localhost",
+                   f"{PROG} serve ~/hf/CodeLlama-70b-Instruct --engine vllm --tensor-parallel-size 4  # 4 GPUs"))
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted folder (config.json, safetensors, tokenizer)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
                                                        "only)")
@@ -286,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger request bodies get 413 (default: %(default)s)")
     p.add_argument("--model-name", metavar="NAME", help="the id /v1/models reports (default: the variant)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
+    p.add_argument("--headless", action="store_true",
+                   help="with --engine vllm --nnodes N --node-rank R (R >= 1): run this machine's vLLM workers "
+                        "only, joined to --master-addr; no HTTP (docs/scaling.md)")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser(

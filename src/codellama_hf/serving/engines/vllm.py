@@ -141,6 +141,23 @@ class VllmEngine(Engine):
             asyncio.run_coroutine_threadsafe(self._llm.abort(sub.rid), self._loop)
 
 
+def run_headless(folder, *, dtype: str = "auto", **engine_args) -> None:
+    """This machine's share of a model that spans `nnodes` machines (node_rank >= 1): vLLM's workers only, joined to
+    the rank-0 machine (master_addr:master_port), until stopped. What `vllm serve --headless` does for that case."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    args = AsyncEngineArgs(model=str(folder), skip_tokenizer_init=True, dtype=dtype, **engine_args)
+    config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER, headless=True)
+    if config.parallel_config.node_rank_within_dp <= 0:
+        raise UserInputError(f"--headless runs the workers of a machine with --node-rank 1 or more (of --nnodes); "
+                             f"got node rank {engine_args.get('node_rank', 0)!r}: serve rank 0 without --headless")
+    logger.warning("vLLM workers for node %s of %s, joining %s:%s", engine_args.get("node_rank"),
+                   engine_args.get("nnodes"), config.parallel_config.master_addr, config.parallel_config.master_port)
+    MultiprocExecutor(config, monitor_workers=False).start_worker_monitor(inline=True)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
