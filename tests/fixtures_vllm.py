@@ -24,6 +24,7 @@ ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK"
        "VLLM_HOST_IP": "127.0.0.1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
 SHAPES = {"CodeLlama-7b-Instruct": {"dim": 128, "n_heads": 4},  # hidden 128 / 4 heads
           "CodeLlama-70b-Instruct": {"dim": 256, "n_heads": 8, "n_kv_heads": 8}}  # 8 kv heads over Meta's 8 shards
+RESULT = "RESULT "
 LLM_OPTIONS = dict(dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=8, seed=0)
 
 
@@ -34,54 +35,56 @@ def free_port() -> int:
 
 
 class Proc:
-    """A child in a session of its own, killed with everything it started when the test is done or time is up."""
+    """A child in a session of its own, killed with everything it started when the test is done or time is up.
+
+    Its output goes to a file, never a pipe: vLLM's engine core inherits the child's stdout and outlives it, so a
+    pipe would not close when the child is done."""
 
     def __init__(self, args: list[str], *, timeout: float, env: dict | None = None, log: Path | None = None):
+        import tempfile
+
         self.deadline = time.monotonic() + timeout
-        self.log = log
-        out = open(log, "wb") if log else subprocess.PIPE
-        self.popen = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **ENV, **(env or {})}, stdout=out,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.log = log or Path(tempfile.mkstemp(prefix="vllm-lane-", suffix=".log")[1])
+        with open(self.log, "wb") as out:
+            self.popen = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **ENV, **(env or {})}, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self) -> str:
         try:
-            out, _ = self.popen.communicate(timeout=max(1.0, self.deadline - time.monotonic()))
+            self.popen.wait(timeout=max(1.0, self.deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.stop()
             raise AssertionError(f"{self.popen.args[:4]} ran past its timeout:\n{self.tail()}") from None
-        text = out.decode(errors="replace") if out is not None else self.tail()
-        assert self.popen.returncode == 0, f"{self.popen.args[:4]} failed ({self.popen.returncode}):\n{text[-4000:]}"
-        return text
+        assert self.popen.returncode == 0, f"{self.popen.args[:4]} failed ({self.popen.returncode}):\n{self.tail()}"
+        return self.log.read_text(errors="replace")
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log and self.log.exists() else ""
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def stop(self) -> None:
+        """SIGTERM to the whole group (the child, vLLM's engine core, its workers), SIGKILL to what is left."""
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 0)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            end = time.monotonic() + grace
+            while time.monotonic() < end and self.popen.poll() is None:
+                time.sleep(0.2)
         if self.popen.poll() is None:
-            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(self.popen.pid, sig)
-                except ProcessLookupError:
-                    return
-                try:
-                    self.popen.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        try:  # the group may outlive its leader (vLLM's workers)
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            self.popen.wait(timeout=10)
 
 
 def run_scenario(name: str, *, timeout: float = 480, env: dict | None = None, **args) -> dict:
-    """Run `name` below in a fresh process; its JSON result (the last line of its output)."""
+    """Run `name` below in a fresh process; its JSON result (vLLM's processes log to the same file)."""
     proc = Proc([sys.executable, "-m", "tests.fixtures_vllm", name, json.dumps(args)], timeout=timeout, env=env)
     try:
         text = proc.wait()
     finally:
         proc.stop()
-    return json.loads(text.strip().splitlines()[-1])
+    results = [line[len(RESULT):] for line in text.splitlines() if line.startswith(RESULT)]
+    assert results, f"{name} printed no result:\n{text[-4000:]}"
+    return json.loads(results[-1])
 
 
 @pytest.fixture(scope="session")
@@ -157,5 +160,5 @@ SCENARIOS = {"offline": _offline}
 if __name__ == "__main__":  # vLLM's engine core spawns: this guard keeps the children from running it again
     name, args = sys.argv[1], json.loads(sys.argv[2])
     result = SCENARIOS[name](args)
-    print(json.dumps(result), flush=True)
+    print(RESULT + json.dumps(result), flush=True)
     os._exit(0)  # leave now: vLLM's shutdown of its children can outlast the test's patience
