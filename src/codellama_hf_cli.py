@@ -163,7 +163,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "Transformers' choice from free memory)")
     v = p.add_argument_group("vLLM (--engine vllm): parallelism, passed to vLLM's engine arguments")
     for flag, kind, text in VLLM_OPTIONS:
-        v.add_argument(flag, type=kind, metavar="N" if kind is int else "ADDR", help=text)
+        v.add_argument(flag, type=kind, metavar="N" if kind is int else flag.split("-")[-1].upper(), help=text)
     v.add_argument("--enforce-eager", action="store_true", default=None,
                    help="no CUDA graphs / compilation: starts faster, runs slower")
 

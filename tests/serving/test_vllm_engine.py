@@ -114,13 +114,14 @@ def test_tensor_parallel_2_across_two_simulated_nodes_gives_the_same_ids(vllm_fo
     worker = Proc([CLI, "serve", str(folder), *ENGINE, *node, "--node-rank", "1", "--headless"], timeout=900,
                   log=tmp_path / "worker.log")
     try:
-        two = Proc([CLI, "generate", str(folder), str(tmp_path / "in.jsonl"), str(tmp_path / "tp2.jsonl"), *ENGINE,
+        two = Proc([CLI, "generate", str(folder), "--input", str(tmp_path / "in.jsonl"), "--output",
+                    str(tmp_path / "tp2.jsonl"), *ENGINE,
                     *node, "--node-rank", "0", "--quiet"], timeout=900, log=tmp_path / "tp2.log")
         two.wait()
     finally:
         worker.stop()
-    one = Proc([CLI, "generate", str(folder), str(tmp_path / "in.jsonl"), str(tmp_path / "tp1.jsonl"), *ENGINE,
-                "--quiet"], timeout=600, log=tmp_path / "tp1.log")
+    one = Proc([CLI, "generate", str(folder), "--input", str(tmp_path / "in.jsonl"), "--output",
+                str(tmp_path / "tp1.jsonl"), *ENGINE, "--quiet"], timeout=600, log=tmp_path / "tp1.log")
     one.wait()
     tp1 = (tmp_path / "tp1.jsonl").read_text().splitlines()
     tp2 = (tmp_path / "tp2.jsonl").read_text().splitlines()

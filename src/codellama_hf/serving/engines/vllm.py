@@ -129,16 +129,18 @@ class VllmEngine(Engine):
         except Exception as e:  # noqa: BLE001 - one request's failure goes to its client; the engine serves on
             logger.error("vLLM request %s failed: %s: %s", sub.rid, type(e).__name__, e)
             sub.threadsafe(sub.fail, f"{type(e).__name__}: {e}")
-        finally:
-            self._tasks.pop(sub.key, None)
+
+    def _release(self, sub: Submission) -> None:  # on the server's loop, when the request ended either way
+        super()._release(sub)
+        self._tasks.pop(sub.key, None)
 
     def _cancel(self, sub: Submission) -> None:
+        task = self._tasks.get(sub.key)
         self._release(sub)
-        task = self._tasks.pop(sub.key, None)
         if task is not None:
             task.cancel()  # cancels _run on vLLM's loop; vLLM aborts a request whose generator is cancelled
         if self._llm is not None and self._loop is not None and sub.rid is not None:
-            asyncio.run_coroutine_threadsafe(self._llm.abort(sub.rid), self._loop)
+            asyncio.run_coroutine_threadsafe(self._llm.abort(sub.rid), self._loop)  # and if it was not yet
 
 
 def run_headless(folder, *, dtype: str = "auto", **engine_args) -> None:
