@@ -80,14 +80,22 @@ class VllmEngine(Engine):
     def stop(self) -> None:
         if self._loop is None:
             return
+        try:
+            self._call(self._shutdown(), timeout=60)
+        finally:
+            self._llm = None
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop = None
+
+    async def _shutdown(self) -> None:
+        """vLLM's engine core and workers stop; then its tasks on this loop, which would otherwise die pending."""
         if self._llm is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._llm.shutdown)
-            finally:
-                self._llm = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop = None
+            self._llm.shutdown()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ----- requests -------------------------------------------------------------------------------------------
     def sampling_params(self, sub: Submission):
