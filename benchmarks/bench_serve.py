@@ -12,6 +12,10 @@ The model has random weights in CodeLlama-7b's structure: --shape small (hidden 
 
     .venv/bin/python benchmarks/bench_serve.py                                   # CPU, a few minutes on 2 cores
     .venv/bin/python benchmarks/bench_serve.py --device cuda --shape 7b --requests-per-client 8 --new-tokens 64
+
+With vLLM installed (its own venv, .ci/vllm-lane), `--engines vllm-offline,vllm,continuous` adds raw vLLM
+(`LLM.generate` on the same ids, `clients` requests at a time, no server of ours) and `serve --engine vllm`; the
+model is then saved to a temporary folder, which vLLM loads through this package's plugin (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import platform
 import random
 import statistics
 import sysconfig
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -122,10 +127,53 @@ async def clients_run(url: str, clients: int, per_client: list[list[tuple[str, s
     return latencies, tokens, time.perf_counter() - start
 
 
-def bench_engine(engine_name: str, model, tok, work_for, client_counts, new_tokens: int) -> list[dict]:
-    engine = make_engine(model, engine=engine_name, max_queue=1024)
+def vllm_offline(folder, tok, work_for, client_counts, new_tokens: int) -> list[dict]:
+    """Raw vLLM, no server of ours: `LLM.generate` on Meta's ids, `clients` requests at a time. Every request
+    generates exactly new_tokens, so a batch of `clients` ends together, as `clients` sequential clients would."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=str(folder), skip_tokenizer_init=True, dtype=str(model_dtype(folder)), enforce_eager=True,
+              max_num_seqs=max(client_counts), seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True, detokenize=False)
+    rows = []
+    try:
+        for clients in client_counts:
+            work = work_for(clients)
+            rounds = [[TokensPrompt(prompt_token_ids=tok.infilling_prompt_ids(*w[i])) for w in work]
+                      for i in range(len(work[0]))]
+            for timed in (False, True):  # untimed first, as every row (see bench_engine)
+                latencies, tokens, start = [], 0, time.perf_counter()
+                for batch in rounds:
+                    t0 = time.perf_counter()
+                    outs = llm.generate(batch, params, use_tqdm=False)
+                    latencies += [time.perf_counter() - t0] * len(batch)
+                    tokens += sum(len(o.outputs[0].token_ids) for o in outs)
+                wall = time.perf_counter() - start
+            rows.append(row("raw vLLM offline `LLM.generate`", clients, latencies, tokens, wall))
+            print(f"  vllm-offline x{clients}: {rows[-1]['tps']:.1f} tokens/s", flush=True)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+    return rows
+
+
+def model_dtype(folder) -> str:
+    import json
+
+    return json.loads((Path(folder) / "config.json").read_text())["dtype"]
+
+
+def bench_engine(engine_name: str, model, tok, work_for, client_counts, new_tokens: int, *, folder=None
+                 ) -> list[dict]:
+    if engine_name == "vllm":  # vLLM loads the folder itself; the service needs only the config and tokenizer
+        from codellama_hf.serving.engines.vllm import VllmEngine
+
+        engine = VllmEngine(folder, max_queue=1024, dtype=model_dtype(folder), enforce_eager=True, seed=0)
+    else:
+        engine = make_engine(model, engine=engine_name, max_queue=1024)
     engine.start()
-    service = Service(model, tok, engine, model_id="bench")
+    service = Service(model, tok, engine, model_id="bench", config=model.config)
     server = Server(service)
     url = f"http://127.0.0.1:{server.port}"
     rows = []
@@ -153,7 +201,9 @@ def main() -> None:
     ap.add_argument("--requests-per-client", type=int, default=1, help="(default: %(default)s)")
     ap.add_argument("--min-requests", type=int, default=4, help="at least this many per row (default: %(default)s)")
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--engines", default="eager,continuous", help="in this order (default: %(default)s)")
+    ap.add_argument("--engines", default="eager,continuous",
+                    help="in this order, from vllm-offline (raw vLLM, no server), vllm, continuous, eager "
+                         "(default: %(default)s)")
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     args = ap.parse_args()
     if not args.tokenizer.is_file():
@@ -177,8 +227,15 @@ def main() -> None:
     in_process(model, tok, baseline, args.new_tokens)  # untimed first, as every row (see bench_engine)
     rows = [in_process(model, tok, baseline, args.new_tokens)]
     print(f"  in-process: {rows[0]['tps']:.1f} tokens/s", flush=True)
-    for name in args.engines.split(","):
-        rows += bench_engine(name, model, tok, work_for, client_counts, args.new_tokens)
+    with tempfile.TemporaryDirectory() as folder:
+        if any(name.startswith("vllm") for name in args.engines.split(",")):
+            model.save_pretrained(folder)  # vLLM reads a folder (through the plugin: vLLM's own Llama)
+            tok.save_pretrained(folder)
+        for name in args.engines.split(","):
+            if name == "vllm-offline":
+                rows += vllm_offline(folder, tok, work_for, client_counts, args.new_tokens)
+            else:
+                rows += bench_engine(name, model, tok, work_for, client_counts, args.new_tokens, folder=folder)
     rows.append(in_process(model, tok, baseline, args.new_tokens))  # again at the end: the machine's drift
     rows[-1]["name"] += " (again, last)"
     params = sum(p.numel() for p in model.parameters())

@@ -80,6 +80,11 @@ def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.headless:
+        from codellama_hf.serving.engines.vllm import run_headless
+
+        run_headless(args.model_dir, dtype=args.dtype, **vllm_options(args))
+        return 0
     serving = _serving()
     keys = _api_keys(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
@@ -91,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     serving.serve(args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level,
                   dtype=args.dtype, quantization=args.quantization, device_map=args.device_map, engine=args.engine,
                   max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
-                  kv_cache_tokens=args.kv_cache_tokens, model_id=args.model_name)
+                  kv_cache_tokens=args.kv_cache_tokens, model_id=args.model_name, vllm_options=vllm_options(args))
     return 0
 
 
@@ -99,7 +104,7 @@ def _generate(args: argparse.Namespace) -> int:
     serving = _serving()
     load_options = dict(dtype=args.dtype, quantization=args.quantization, device_map=args.device_map,
                         engine=args.engine, max_queue=max(args.concurrency, 1), max_batch_tokens=args.max_batch_tokens,
-                        kv_cache_tokens=args.kv_cache_tokens)
+                        kv_cache_tokens=args.kv_cache_tokens, vllm_options=vllm_options(args))
     if args.ray is not None:  # the only path that imports Ray
         from codellama_hf.serving.batch_ray import run_batch_ray
 
@@ -160,14 +165,38 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="bitsandbytes quantization (default: %(default)s)")
     p.add_argument("--device-map", metavar="MAP", help="from_pretrained's device_map, e.g. cuda:1 or auto "
                                                        "(default: the GPU if there is one, else cpu)")
-    p.add_argument("--engine", choices=("continuous", "eager"), default="continuous",
-                   help="continuous: Transformers' continuous batching (default; measured fastest on GPU and CPU, "
-                        "docs/serving.md); eager: one generate() at a time")
+    p.add_argument("--engine", choices=("auto", "vllm", "continuous", "eager"), default="auto",
+                   help="auto (default): vllm where vLLM is installed and supports the device, else continuous; "
+                        "vllm: vLLM's async engine, which loads the folder itself (docs/scaling.md); continuous: "
+                        "Transformers' continuous batching; eager: one generate() at a time")
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="tokens per continuous-batching step (default: Transformers' choice)")
     p.add_argument("--kv-cache-tokens", type=int, metavar="N",
                    help="size of the paged KV cache in tokens; also the longest prompt + answer (default: "
                         "Transformers' choice from free memory)")
+    v = p.add_argument_group("vLLM (--engine vllm): parallelism, passed to vLLM's engine arguments")
+    for flag, kind, text in VLLM_OPTIONS:
+        v.add_argument(flag, type=kind, metavar="N" if kind is int else flag.split("-")[-1].upper(), help=text)
+    v.add_argument("--enforce-eager", action="store_true", default=None,
+                   help="no CUDA graphs / compilation: starts faster, runs slower")
+
+
+# vLLM's engine arguments that pass through as they are named there (vllm.engine.arg_utils.EngineArgs)
+VLLM_OPTIONS = [("--tensor-parallel-size", int, "GPUs (or CPU ranks) per model replica that split each layer"),
+                ("--pipeline-parallel-size", int, "stages that split the layers"),
+                ("--data-parallel-size", int, "model replicas"),
+                ("--nnodes", int, "machines one replica spans (multi-node without Ray); run vLLM's headless "
+                                  "workers on the others (docs/scaling.md)"),
+                ("--node-rank", int, "this machine's rank among --nnodes (0 serves)"),
+                ("--master-addr", str, "the rank-0 machine's address, for --nnodes > 1"),
+                ("--master-port", int, "the rank-0 machine's port, for --nnodes > 1"),
+                ("--distributed-executor-backend", str, "mp (default on one machine) or ray (a Ray cluster)")]
+
+
+def vllm_options(args: argparse.Namespace) -> dict:
+    """The vLLM options given on the command line, as AsyncEngineArgs fields."""
+    names = [flag[2:].replace("-", "_") for flag, _, _ in VLLM_OPTIONS] + ["enforce_eager"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         **examples(f"{PROG} serve ~/hf/CodeLlama-7b-Instruct",
                    f"{PROG} serve ~/hf/CodeLlama-13b --port 8012 --dtype bfloat16     # llama.vim's default port",
                    f"{PROG} serve ~/hf/CodeLlama-34b --quantization 4bit --api-key-file ~/.codellama-keys",
-                   f"{PROG} serve ~/hf/CodeLlama-7b --host 0.0.0.0 --api-key \"$KEY\" --cors-origins localhost"))
+                   f"{PROG} serve ~/hf/CodeLlama-7b --host 0.0.0.0 --api-key \"$KEY\" --cors-origins localhost",
+                   f"{PROG} serve ~/hf/CodeLlama-70b-Instruct --engine vllm --tensor-parallel-size 4  # 4 GPUs"))
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a converted folder (config.json, safetensors, tokenizer)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
                                                        "only)")
@@ -280,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-openapi", action="store_true", help="do not serve /openapi.json")
     p.add_argument("--model-name", metavar="NAME", help="the id /v1/models reports (default: the variant)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
+    p.add_argument("--headless", action="store_true",
+                   help="with --engine vllm --nnodes N --node-rank R (R >= 1): run this machine's vLLM workers "
+                        "only, joined to --master-addr; no HTTP (docs/scaling.md)")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_tokenizer", "tests.fixtures_convert"]
+pytest_plugins = ["tests.fixtures_tokenizer", "tests.fixtures_convert", "tests.fixtures_vllm"]
 
 SHARED_TOKENIZERS = Path(os.environ.get("CODELLAMA_HF_SHARED_TOKENIZERS",
                                         Path(__file__).resolve().parents[2] / "shared" / "tokenizers"))

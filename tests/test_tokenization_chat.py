@@ -144,3 +144,26 @@ def test_continue_final_message_needs_an_assistant_message_last(inst, step):
         with pytest.raises(UserInputError, match="pass one"):
             tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
                                     continue_final_message=True, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("fmt", ["inst", "step"])
+def test_its_own_chat_template_gives_meta_ids_and_another_is_refused(inst, step, fmt, tmp_path):
+    """vLLM passes the folder's template explicitly (its own string, or chat_template.jinja read from the folder):
+    that is Meta's format, so the ids are Meta's; a different template is still refused, never ignored."""
+    from codellama_hf import CodeLlamaTokenizer
+    from codellama_hf.errors import UserInputError
+
+    tok, ref = inst if fmt == "inst" else step
+    tok.save_pretrained(tmp_path)
+    saved = CodeLlamaTokenizer.from_pretrained(tmp_path)
+    jinja = (tmp_path / "chat_template.jinja").read_text(encoding="utf-8")
+    meta = ref.chat_inst if fmt == "inst" else ref.chat_step
+    for dialog in _dialogs(10, step=fmt == "step", seed=5):
+        for t, template in [(tok, tok.chat_template), (saved, jinja), (saved, saved.chat_template)]:
+            ids = t.apply_chat_template(dialog, chat_template=template, add_generation_prompt=True,
+                                        return_dict=False, allow_special_tags=True)
+            assert ids == meta(dialog)
+    other = (step if fmt == "inst" else inst)[0].chat_template
+    for t, template in [(tok, other), (saved, jinja + "{{ '!' }}"), (tok, "{{ messages[0]['content'] }}")]:
+        with pytest.raises(UserInputError, match="chat_template not supported"):
+            t.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template)

@@ -1,5 +1,6 @@
 """Load a converted folder for serving: the model (dtype, bitsandbytes quantization, device map) and its tokenizer,
-then the engine around them. Only the command line names the folder; no request can."""
+then the engine around them; or, on vLLM, the engine that loads the folder itself. Only the command line names the
+folder; no request can."""
 
 from __future__ import annotations
 
@@ -53,16 +54,66 @@ def load_model(folder, *, dtype: str = "auto", quantization: str = "none", devic
     return model, tokenizer
 
 
+def resolve_engine(engine: str, *, quantization: str = "none", device_map: str | None = None) -> str:
+    """"auto": vLLM where it is installed and supports the device (and no bitsandbytes quantization or device map,
+    which are Transformers' options, is asked for); Transformers' continuous batching elsewhere. Logged once."""
+    from .engines import ENGINES
+    from .engines.vllm import vllm_usable
+
+    if engine not in ENGINES:
+        raise UserInputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+    if engine == "vllm":
+        if (why := vllm_usable()) is not None:
+            raise UserInputError(f"--engine vllm: {why}; install vLLM for this device, or pass --engine continuous")
+        if quantization != "none" or device_map is not None:
+            raise UserInputError(f"--engine vllm loads the folder itself: drop --quantization {quantization!r} / "
+                                 f"--device-map {device_map!r} (vLLM's parallelism options place the model)")
+    if engine != "auto":
+        logger.warning("engine: %s (as asked)", engine)
+        return engine
+    why = vllm_usable() if quantization == "none" and device_map is None else "a Transformers option was given"
+    chosen = "vllm" if why is None else "continuous"
+    logger.warning("engine: %s (%s)", chosen, "vLLM runs here" if why is None else f"not vLLM: {why}")
+    return chosen
+
+
 def load_service(folder, *, dtype: str = "auto", quantization: str = "none", device_map: str | None = None,
-                 engine: str = "continuous", max_queue: int = 256, max_batch_tokens: int | None = None,
-                 kv_cache_tokens: int | None = None, model_id: str | None = None) -> Service:
-    """Everything `codellama-hf serve` and `codellama-hf generate` run on, started and warmed up."""
-    model, tokenizer = load_model(folder, dtype=dtype, quantization=quantization, device_map=device_map)
-    eng = make_engine(model, engine=engine, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
-                      kv_cache_tokens=kv_cache_tokens)
+                 engine: str = "auto", max_queue: int = 256, max_batch_tokens: int | None = None,
+                 kv_cache_tokens: int | None = None, model_id: str | None = None,
+                 vllm_options: dict | None = None) -> Service:
+    """Everything `codellama-hf serve` and `codellama-hf generate` run on, started and warmed up.
+
+    engine "auto" picks vLLM where it runs (resolve_engine). With vLLM, the model is loaded by vLLM only (not also
+    into Transformers): the service gets the folder's config and tokenizer. `vllm_options`: more AsyncEngineArgs
+    (tensor_parallel_size, pipeline_parallel_size, nnodes, node_rank, master_addr, enforce_eager, ...)."""
+    engine = resolve_engine(engine, quantization=quantization, device_map=device_map)
+    if engine == "vllm":
+        from transformers import AutoConfig, AutoTokenizer
+
+        import codellama_hf  # noqa: F401 - registers the model type and the tokenizer
+
+        from .engines.vllm import VllmEngine
+
+        folder = check_folder(folder)
+        config = AutoConfig.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        eng = VllmEngine(folder, max_queue=max_queue, dtype=dtype, max_batch_tokens=max_batch_tokens,
+                         max_model_len=kv_cache_tokens, **(vllm_options or {}))
+        model = None
+    else:
+        if vllm_options:
+            raise UserInputError(f"vLLM options {sorted(vllm_options)!r} need --engine vllm (the engine is {engine!r})")
+        model, tokenizer = load_model(folder, dtype=dtype, quantization=quantization, device_map=device_map)
+        config = model.config
+        eng = make_engine(model, engine=engine, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
+                          kv_cache_tokens=kv_cache_tokens)
     eng.start()
-    service = Service(model, tokenizer, eng, folder=folder, model_id=model_id)
-    if kv_cache_tokens is not None:  # a request must fit the cache whole, or the batch loop cannot schedule it
-        service.context_tokens = min(service.context_tokens, kv_cache_tokens)
-    asyncio.run(service.warm_up())
+    try:
+        service = Service(model, tokenizer, eng, folder=folder, model_id=model_id, config=config)
+        if kv_cache_tokens is not None:  # a request must fit the cache whole, or the batch loop cannot schedule it
+            service.context_tokens = min(service.context_tokens, kv_cache_tokens)
+        asyncio.run(service.warm_up())
+    except BaseException:
+        eng.stop()
+        raise
     return service

@@ -28,9 +28,12 @@ MIN_TEMPERATURE = 1e-3  # below it, float32 logits / temperature overflow to inf
 class Service:
     """A loaded model, its tokenizer and an engine, fixed at start: no request names a path or another model."""
 
-    def __init__(self, model, tokenizer, engine: Engine, *, folder=None, model_id: str | None = None):
+    def __init__(self, model, tokenizer, engine: Engine, *, folder=None, model_id: str | None = None, config=None):
+        """`model`: the Transformers model, or None where the engine loaded the folder itself (vLLM): then
+        `config` (the folder's) gives the facts."""
         self.model, self.tokenizer, self.engine = model, tokenizer, engine
-        caps = capabilities(model.config, tokenizer)
+        self.config = config if config is not None else model.config
+        caps = capabilities(self.config, tokenizer)
         self.model_id = model_id or caps.variant or (Path(folder).name if folder else "codellama")
         self.infilling = caps.infilling == "trained"
         self._misfit = None if caps.tokenizer_fits else caps.infilling_refusal
@@ -131,7 +134,7 @@ class Service:
         kernel, so one request's top_k past int32 or a temperature that is 0 in float32 (NaN probabilities) would
         fail every request in it: top_k >= the vocabulary is off, a temperature under MIN_TEMPERATURE is greedy (what
         it samples anyway), and a seed is kept modulo 2**63 (torch takes no larger; the same seed stays the same)."""
-        vocab = int(self.model.config.vocab_size)
+        vocab = int(self.config.vocab_size)
         return Sampling(temperature=0.0 if s.temperature < MIN_TEMPERATURE else float(s.temperature),
                         top_p=float(s.top_p), top_k=0 if s.top_k >= vocab else int(s.top_k),
                         seed=None if s.seed is None else int(s.seed) % 2**63)

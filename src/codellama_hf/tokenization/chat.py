@@ -45,10 +45,14 @@ class ChatMixin:
             raise UserInputError(f"{self.name_or_path or 'this tokenizer'!r} has chat_format 'none': only Instruct "
                                  f"variants chat ({', '.join(INSTRUCT_VARIANTS)}); load one, or pass "
                                  "chat_format='inst' or 'step'")
-        unsupported = {"tools": tools, "documents": documents, "chat_template": chat_template,
+        # vLLM (LLM.chat, /v1/chat/completions) always passes the folder's template explicitly: ours is Meta's
+        # format, so it gets Meta's ids; any other template would be ignored in silence, so it is refused.
+        foreign = chat_template if chat_template and not self._is_own_template(chat_template) else None
+        unsupported = {"tools": tools, "documents": documents, "chat_template": foreign,
                        "return_assistant_tokens_mask": return_assistant_tokens_mask}
         if given := [k for k, v in unsupported.items() if v]:
-            raise UserInputError(f"{', '.join(given)} not supported: Code Llama's chat formats are fixed (Meta's)")
+            raise UserInputError(f"{', '.join(given)} not supported: Code Llama's chat formats are fixed (Meta's); "
+                                 f"leave chat_template unset, or pass the tokenizer's own")
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         dialogs = [list(c) for c in conversation] if batched else [list(conversation)]
         build = CHAT_BUILDERS[self.chat_format]
@@ -69,6 +73,15 @@ class ChatMixin:
                           padding_strategy=padding_strategy, max_length=max_length, pad_to_multiple_of=None,
                           padding_side=self.padding_side)
         return out if return_dict else out["input_ids"]
+
+    def _is_own_template(self, template) -> bool:
+        """The tokenizer's own template, or the folder's chat_template.jinja (what vLLM reads and passes back)."""
+        own = [self.chat_template]
+        saved = os.path.join(str(self.name_or_path or ""), "chat_template.jinja")
+        if self.name_or_path and os.path.isfile(saved):
+            with open(saved, encoding="utf-8") as f:
+                own.append(f.read())
+        return isinstance(template, str) and template.strip() in [t.strip() for t in own if isinstance(t, str)]
 
     def _control_pieces(self) -> dict[str, str | None]:
         step = "<step>" if self._control_ids["step_token_id"] is not None else None
