@@ -8,7 +8,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

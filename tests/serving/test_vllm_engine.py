@@ -28,7 +28,6 @@ PREFIX, SUFFIX = "def remove_non_ascii(s: str) -> str:\n    \"\"\" ", "\n    ret
 def eot_folder(vllm_folders, tmp_path_factory):
     """The 7b-Instruct folder with EOT's output row made twice another token's, so that greedy infilling ends at
     EOT within a few tokens (a random model would rarely write it): the stop is then something to test."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path_factory.mktemp("eot") / "CodeLlama-7b-Instruct"
