@@ -90,7 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
     serving.serve(args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level,
                   dtype=args.dtype, quantization=args.quantization, device_map=args.device_map, engine=args.engine,
                   max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
-                  kv_cache_tokens=args.kv_cache_tokens, model_id=args.model_name)
+                  kv_cache_tokens=args.kv_cache_tokens, max_concurrent=args.max_concurrent,
+                  stall_timeout=args.stall_timeout, shutdown_grace=args.shutdown_grace, model_id=args.model_name)
     return 0
 
 
@@ -98,7 +99,8 @@ def _generate(args: argparse.Namespace) -> int:
     serving = _serving()
     service = serving.load_service(args.model_dir, dtype=args.dtype, quantization=args.quantization,
                                    device_map=args.device_map, engine=args.engine, max_queue=max(args.concurrency, 1),
-                                   max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens)
+                                   max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens,
+                                   max_concurrent=args.max_concurrent)
     try:
         s = serving.run_batch(service, args.input, args.output, default_max_new_tokens=args.max_new_tokens,
                               concurrency=args.concurrency, quiet=args.quiet)
@@ -151,9 +153,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "docs/serving.md); eager: one generate() at a time")
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="tokens per continuous-batching step (default: Transformers' choice)")
+    p.add_argument("--max-concurrent", type=int, default=4, metavar="N",
+                   help="full-context sequences the KV cache holds at once: the default cache is N x the model's "
+                        "context, capped by free memory (default: %(default)s)")
     p.add_argument("--kv-cache-tokens", type=int, metavar="N",
-                   help="size of the paged KV cache in tokens; also the longest prompt + answer (default: "
-                        "Transformers' choice from free memory)")
+                   help="size of the paged KV cache in tokens, instead of --max-concurrent's; also the longest "
+                        "prompt + answer; refused at start if it does not fit in free memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, metavar="N",
                    help="larger request bodies get 413 (default: %(default)s)")
     p.add_argument("--model-name", metavar="NAME", help="the id /v1/models reports (default: the variant)")
+    p.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a request that gets no new token for this long (its first included) fails with 504 and "
+                        "frees its slot (default: %(default)s)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGINT/SIGTERM, running requests get this long to finish; then each ends with its "
+                        "final event (finish_reason length) (default: %(default)s)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     p.set_defaults(run=_serve)
 

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import llamacpp_api, openai_api, score_api, tgi_api
 from ..errors import UserInputError
 from .httputil import ApiShape, validation_error
+from .loading import Cancelled
 from .protocol import ServingError
 from .service import Service
 
@@ -134,23 +135,39 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
     async def lifespan(app: FastAPI):
         def run():
             try:
-                app.state.service = load()
-                logger.info("ready: %s", app.state.service.model_id)
+                service = load()
+            except Cancelled:  # the server is stopping (Ctrl-C while loading)
+                return
+            except UserInputError as e:  # e.g. a --kv-cache-tokens that does not fit: one line, no traceback
+                logger.error("%s", e)
+                app.state.load_error = str(e)
+                return
             except Exception as e:  # noqa: BLE001 - reported by /health and every endpoint, and logged
                 logger.exception("loading failed")
                 app.state.load_error = f"{type(e).__name__}: {e}"
+                return
+            with lock:
+                if app.state.closing.is_set():  # loaded after the server stopped: leave no engine thread behind
+                    service.engine.stop()
+                    return
+                app.state.service = service
+            logger.info("ready: %s", service.model_id)
 
+        lock = threading.Lock()
         loader = threading.Thread(target=run, name="codellama-load", daemon=True)
         loader.start()
         try:
             yield
         finally:
+            with lock:
+                app.state.closing.set()
             loader.join(timeout=0.1)
             if app.state.service is not None:
                 app.state.service.engine.stop()
 
     app = FastAPI(title="codellama-hf", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service, app.state.load_error, app.state.started = None, None, int(time.time())
+    app.state.closing = threading.Event()  # set when the server stops; a load still running gives up
     for module in (openai_api, llamacpp_api, tgi_api, score_api):
         app.include_router(module.router)
 
