@@ -50,6 +50,8 @@ class StopTail:
         if not text.startswith(self._text):  # rewritten (not seen with SentencePiece): start over
             self._k, self._text = 0, ""
         stop, fail, k, m = self.stop, self._fail, self._k, len(self.stop)
+        if m == 0:
+            return 0
         for ch in text[len(self._text):]:
             if k == m:
                 k = fail[k - 1]
@@ -60,7 +62,7 @@ class StopTail:
                 if k > len(fail):
                     self._extend(k)
         self._k, self._text = k, text
-        return min(k, m - 1)
+        return fail[m - 1] if k == m else k  # a whole stop at the end: the longest proper start within it
 
 
 class TextAssembler:
