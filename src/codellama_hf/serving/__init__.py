@@ -73,7 +73,7 @@ def serve(model_dir, *, host: str = "127.0.0.1", port: int = 8080, options=None,
 
     app = create_app(load, options)
     server = GracefulServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                           timeout_graceful_shutdown=shutdown_grace + 1), app=app,
+                                           timeout_graceful_shutdown=shutdown_grace + 1.5), app=app,
                             grace=shutdown_grace)
     try:
         server.run()

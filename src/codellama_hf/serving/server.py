@@ -4,7 +4,7 @@ On SIGINT or SIGTERM uvicorn stops accepting and waits for open connections. Her
 `grace` seconds to finish; then each one that is left is ended as if it had reached its token limit, so every
 stream still gets its API's final event (finish_reason "length") and every non-streaming client its answer, and the
 server exits soon after, with one log line. A second Ctrl-C exits at once. uvicorn's own backstop
-(`timeout_graceful_shutdown`, which cancels tasks and logs them) is set one second after the drain, so it only acts
+(`timeout_graceful_shutdown`, which cancels tasks and logs them) is set 1.5 s after the drain, so it only acts
 if a connection ignores the end of its request.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 
 import uvicorn
 
@@ -58,3 +59,6 @@ class GracefulServer(uvicorn.Server):
         service = self.owner.state.service
         if service is not None:
             service.engine.drain("length")
+            # Stopping the engine's threads takes seconds; nothing needs them now, so that runs while the last
+            # events go out (the app's shutdown then finds it done or under way)
+            threading.Thread(target=service.engine.stop, name="codellama-stop").start()

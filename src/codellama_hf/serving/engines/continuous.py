@@ -59,6 +59,7 @@ class ContinuousEngine(Engine):
         self._rids: dict[str, Submission] = {}
         self._pending: list[Submission] = []  # waiting for a restarted manager
         self._restarting = False
+        self._stopping = threading.Lock()
 
     # ----- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -81,11 +82,15 @@ class ContinuousEngine(Engine):
         return manager
 
     def stop(self) -> None:
-        if self._manager is not None:
-            self._manager.stop(block=True, timeout=10)
-            self._manager = None
-        if self._eager_lane is not None:
-            self._eager_lane.stop()
+        # hard_stop: what is still queued was cancelled or drained already; flushing it kept a stopping server
+        # alive for seconds
+        with self._stopping:  # once, from whichever thread comes first (a shutdown's drain, the app's end)
+            manager, self._manager = self._manager, None
+            lane, self._eager_lane = self._eager_lane, None
+        if manager is not None:
+            manager.stop(block=True, timeout=10, hard_stop=True)
+        if lane is not None:
+            lane.stop()
 
     # A forward pass that raises stops the manager's thread (after failing the requests it held); later requests get
     # a new manager, so one bad batch does not take the server down. Stopping the old manager and starting a new one
@@ -102,7 +107,7 @@ class ContinuousEngine(Engine):
         def work():
             try:
                 if old is not None:
-                    old.stop(block=True, timeout=10)
+                    old.stop(block=True, timeout=10, hard_stop=True)
                 new, error = self._new_manager(), None
             except Exception as e:  # noqa: BLE001 - handed to the loop, which fails the waiting requests with it
                 new, error = None, f"{type(e).__name__}: {e}"
