@@ -32,6 +32,7 @@ import torch
 from codellama_hf import CodeLlamaConfig, CodeLlamaForCausalLM, CodeLlamaTokenizer
 from codellama_hf.serving import ServeOptions, create_app
 from codellama_hf.serving.engines import make_engine
+from codellama_hf.serving.loading import plan_for
 from codellama_hf.serving.service import Service
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "codellama" / "tokenizer.model"
@@ -123,7 +124,11 @@ async def clients_run(url: str, clients: int, per_client: list[list[tuple[str, s
 
 
 def bench_engine(engine_name: str, model, tok, work_for, client_counts, new_tokens: int) -> list[dict]:
-    engine = make_engine(model, engine=engine_name, max_queue=1024)
+    sizes = {}
+    if engine_name == "continuous":  # the server's cache plan, not Transformers' from total RAM
+        plan = plan_for(model)
+        sizes = dict(kv_cache_tokens=plan.kv_cache_tokens, max_batch_tokens=plan.max_batch_tokens)
+    engine = make_engine(model, engine=engine_name, max_queue=1024, **sizes)
     engine.start()
     service = Service(model, tok, engine, model_id="bench")
     server = Server(service)
