@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, metavar="N",
                    help="larger request bodies get 413 (default: %(default)s)")
     p.add_argument("--model-name", metavar="NAME", help="the id /v1/models reports (default: the variant)")
-    p.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+    p.add_argument("--stall-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="a request that gets no new token for this long (its first included) fails with 504 and "
                         "frees its slot (default: %(default)s)")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",

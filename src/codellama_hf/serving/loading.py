@@ -79,7 +79,7 @@ def plan_for(model, *, max_concurrent: int = MAX_CONCURRENT, kv_cache_tokens: in
 def load_service(folder, *, dtype: str = "auto", quantization: str = "none", device_map: str | None = None,
                  engine: str = "continuous", max_queue: int = 256, max_batch_tokens: int | None = None,
                  kv_cache_tokens: int | None = None, max_concurrent: int = MAX_CONCURRENT,
-                 stall_timeout: float | None = 300.0, model_id: str | None = None,
+                 stall_timeout: float | None = 600.0, model_id: str | None = None,
                  cancelled: threading.Event | None = None) -> Service:
     """Everything `codellama-hf serve` and `codellama-hf generate` run on, started and warmed up.
 
