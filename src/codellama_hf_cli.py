@@ -88,17 +88,18 @@ def _serve(args: argparse.Namespace) -> int:
               f"{args.port} can use the model", file=sys.stderr)
     options = serving.ServeOptions(api_keys=keys, cors_origins=tuple(args.cors_origins or ()),
                                    max_body_bytes=args.max_body_bytes)
-    serving.serve(args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level,
-                  dtype=args.dtype, quantization=args.quantization, device_map=args.device_map, engine=args.engine,
-                  max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
-                  kv_cache_tokens=args.kv_cache_tokens, max_concurrent=args.max_concurrent,
-                  stall_timeout=args.stall_timeout, shutdown_grace=args.shutdown_grace, model_id=args.model_name)
+    stopped_by = serving.serve(
+        args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level, dtype=args.dtype,
+        quantization=args.quantization, device_map=args.device_map, engine=args.engine, max_queue=args.max_queue,
+        max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens,
+        max_concurrent=args.max_concurrent, stall_timeout=args.stall_timeout, shutdown_grace=args.shutdown_grace,
+        model_id=args.model_name)
     # Served and stopped cleanly: every response went out and the engine stopped. The interpreter's own teardown
     # (torch's, in C) then took 3 s more on a busy 2-core machine, past --shutdown-grace + 2 s; it has nothing left
-    # to do for a server process.
+    # to do for a server process. A signal's exit status stays the shell's convention (130 for Ctrl-C).
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(128 + stopped_by if stopped_by else 0)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -6,8 +6,10 @@
     prompts.py      the literal <PRE>/<SUF>/<MID> template and llama.cpp's extra context, as text
     parameters.py   the model card's generation parameters (/score and the batch job)
     engines/        Transformers' continuous batching (the default) and eager `generate`, one request at a time
+    cache_size.py   the KV cache's size, from --max-concurrent and free memory (never total RAM)
     loading.py      the folder -> model, tokenizer, engine
     app.py          FastAPI: API keys, body limit, 503 while loading, CORS, errors per API shape
+    server.py       uvicorn with a graceful shutdown: a grace for running requests, then their final events
     httputil.py     error shapes, server-sent events, disconnects
     openai_api.py, llamacpp_api.py, tgi_api.py, score_api.py   one module per API shape
     batch.py        `codellama-hf generate`, the batch endpoint, on the same engine (no HTTP imports)
@@ -36,12 +38,13 @@ __all__ = ["ServeOptions", "create_app", "load_service", "run_batch", "serve"]
 
 
 def serve(model_dir, *, host: str = "127.0.0.1", port: int = 8080, options=None, log_level: str = "info",
-          shutdown_grace: float = 10.0, **load_options) -> None:
+          shutdown_grace: float = 10.0, **load_options) -> int | None:
     """Serve `model_dir` until SIGINT/SIGTERM; `load_options` go to load_service (dtype, quantization, engine, ...).
 
     `options`: a ServeOptions (default: no keys, no CORS). The port opens at once and answers 503 while the model
     loads; if loading fails, the server stops and the error is raised here. On a signal, running requests get
-    `shutdown_grace` seconds, then end with their API's final event (server.py)."""
+    `shutdown_grace` seconds, then end with their API's final event (server.py). Returns the signal that stopped
+    it."""
     import logging
     import sys
 
@@ -84,3 +87,4 @@ def serve(model_dir, *, host: str = "127.0.0.1", port: int = 8080, options=None,
         raise UserInputError(f"the model did not load: {app.state.load_error}")
     if not server.started:
         raise UserInputError(f"could not listen on {host}:{port} (see the log above); pick another --port")
+    return server.stopped_by

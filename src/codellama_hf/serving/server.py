@@ -31,10 +31,12 @@ class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, app, grace: float):
         super().__init__(config)
         self.owner, self.grace = app, grace
+        self.stopped_by: int | None = None  # the signal that stopped it
 
     def handle_exit(self, sig, frame) -> None:
         # As uvicorn's, without keeping the signal to raise again once the shutdown is done: for SIGINT that would
-        # end a clean shutdown in a KeyboardInterrupt traceback.
+        # end a clean shutdown in a KeyboardInterrupt traceback. The CLI exits with 128 + the signal instead.
+        self.stopped_by = self.stopped_by or sig
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         else:
