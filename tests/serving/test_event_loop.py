@@ -125,11 +125,11 @@ def test_a_request_the_engine_loses_fails_with_a_5xx_and_frees_its_slot(impatien
     assert engine.in_flight == 0
 
 
-def test_an_engine_restart_runs_off_the_event_loop(impatient, monkeypatch):
-    engine = impatient.service.engine
+def test_an_engine_restart_runs_off_the_event_loop(server, monkeypatch):
+    engine = server.service.engine
     prompt = "def poisoned_request():"
-    poison(impatient.service.model, monkeypatch, impatient.service.plain_ids(prompt))
-    r = httpx.post(f"{impatient.url}/v1/completions", json={"prompt": prompt, "max_tokens": 3}, timeout=60)
+    poison(server.service.model, monkeypatch, server.service.plain_ids(prompt))
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt, "max_tokens": 3}, timeout=60)
     assert r.status_code == 500  # the manager's loop is dead now; the next request restarts it
     real = engine._new_manager
 
@@ -138,7 +138,7 @@ def test_an_engine_restart_runs_off_the_event_loop(impatient, monkeypatch):
         return real()
 
     monkeypatch.setattr(engine, "_new_manager", slow_new_manager)
-    with health_latencies(impatient.url) as latencies:
-        r = httpx.post(f"{impatient.url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=60)
+    with health_latencies(server.url) as latencies:
+        r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=60)
     assert r.status_code == 200, r.text  # it waited for the new loop, not failed
     assert max(latencies) < HEALTH_BUDGET_S, max(latencies)
