@@ -85,4 +85,4 @@ def test_serve_refuses_a_cache_that_does_not_fit_in_one_line(instruct_folder):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if "--kv-cache-tokens 1099511627776" in line]
-    assert errors and all("tokens fit" in line for line in errors), out.stderr[-2000:]
+    assert len(errors) == 1 and "tokens fit" in errors[0], out.stderr[-2000:]

@@ -138,9 +138,8 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
                 service = load()
             except Cancelled:  # the server is stopping (Ctrl-C while loading)
                 return
-            except UserInputError as e:  # e.g. a --kv-cache-tokens that does not fit: one line, no traceback
-                logger.error("%s", e)
-                app.state.load_error = str(e)
+            except UserInputError as e:  # e.g. a --kv-cache-tokens that does not fit: /health and `serve` say it
+                app.state.load_error = str(e)  # (the CLI prints it once; no traceback for a user's mistake)
                 return
             except Exception as e:  # noqa: BLE001 - reported by /health and every endpoint, and logged
                 logger.exception("loading failed")
