@@ -12,7 +12,6 @@ import threading
 import httpx
 import pytest
 
-
 GRACE_S = 2.0
 SLACK_S = float(os.environ.get("CODELLAMA_SHUTDOWN_SLACK_S", "0"))  # a crowded CI machine may need a little
 

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import UserInputError

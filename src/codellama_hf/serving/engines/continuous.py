@@ -22,7 +22,6 @@ import logging
 import threading
 
 from .base import Engine, Submission
-from ..protocol import ServingError
 
 logger = logging.getLogger(__name__)
 
