@@ -37,6 +37,7 @@ import torch
 from codellama_hf import CodeLlamaConfig, CodeLlamaForCausalLM, CodeLlamaTokenizer
 from codellama_hf.serving import ServeOptions, create_app
 from codellama_hf.serving.engines import make_engine
+from codellama_hf.serving.loading import plan_for
 from codellama_hf.serving.service import Service
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "codellama" / "tokenizer.model"
@@ -171,7 +172,11 @@ def bench_engine(engine_name: str, model, tok, work_for, client_counts, new_toke
 
         engine = VllmEngine(folder, max_queue=1024, dtype=model_dtype(folder), enforce_eager=True, seed=0)
     else:
-        engine = make_engine(model, engine=engine_name, max_queue=1024)
+        sizes = {}
+        if engine_name == "continuous":  # the server's cache plan, not Transformers' from total RAM
+            plan = plan_for(model)
+            sizes = dict(kv_cache_tokens=plan.kv_cache_tokens, max_batch_tokens=plan.max_batch_tokens)
+        engine = make_engine(model, engine=engine_name, max_queue=1024, **sizes)
     engine.start()
     service = Service(model, tok, engine, model_id="bench", config=model.config)
     server = Server(service)

@@ -9,6 +9,7 @@ Each command imports the library inside its handler, and questions that need no 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 PROG = "codellama-hf"
@@ -93,18 +94,26 @@ def _serve(args: argparse.Namespace) -> int:
     options = serving.ServeOptions(api_keys=keys, cors_origins=tuple(args.cors_origins or ()),
                                    max_body_bytes=args.max_body_bytes, allowed_hosts=tuple(args.allowed_hosts or ()),
                                    openapi=not args.no_openapi)
-    serving.serve(args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level,
-                  dtype=args.dtype, quantization=args.quantization, device_map=args.device_map, engine=args.engine,
-                  max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
-                  kv_cache_tokens=args.kv_cache_tokens, model_id=args.model_name, vllm_options=vllm_options(args))
-    return 0
+    stopped_by = serving.serve(
+        args.model_dir, host=args.host, port=args.port, options=options, log_level=args.log_level, dtype=args.dtype,
+        quantization=args.quantization, device_map=args.device_map, engine=args.engine, max_queue=args.max_queue,
+        max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens,
+        max_concurrent=args.max_concurrent, stall_timeout=args.stall_timeout, shutdown_grace=args.shutdown_grace,
+        model_id=args.model_name, vllm_options=vllm_options(args))
+    # Served and stopped cleanly: every response went out and the engine stopped. The interpreter's own teardown
+    # (torch's, in C) then took 3 s more on a busy 2-core machine, past --shutdown-grace + 2 s; it has nothing left
+    # to do for a server process. A signal's exit status stays the shell's convention (130 for Ctrl-C).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + stopped_by if stopped_by else 0)
 
 
 def _generate(args: argparse.Namespace) -> int:
     serving = _serving()
     load_options = dict(dtype=args.dtype, quantization=args.quantization, device_map=args.device_map,
                         engine=args.engine, max_queue=max(args.concurrency, 1), max_batch_tokens=args.max_batch_tokens,
-                        kv_cache_tokens=args.kv_cache_tokens, vllm_options=vllm_options(args))
+                        kv_cache_tokens=args.kv_cache_tokens, max_concurrent=args.max_concurrent,
+                        vllm_options=vllm_options(args))
     if args.ray is not None:  # the only path that imports Ray
         from codellama_hf.serving.batch_ray import run_batch_ray
 
@@ -171,9 +180,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "Transformers' continuous batching; eager: one generate() at a time")
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="tokens per continuous-batching step (default: Transformers' choice)")
+    p.add_argument("--max-concurrent", type=int, default=4, metavar="N",
+                   help="full-context sequences the KV cache holds at once: the default cache is N x the model's "
+                        "context, capped by free memory (default: %(default)s)")
     p.add_argument("--kv-cache-tokens", type=int, metavar="N",
-                   help="size of the paged KV cache in tokens; also the longest prompt + answer (default: "
-                        "Transformers' choice from free memory)")
+                   help="size of the paged KV cache in tokens, instead of --max-concurrent's; also the longest "
+                        "prompt + answer; refused at start if it does not fit in free memory")
     v = p.add_argument_group("vLLM (--engine vllm): parallelism, passed to vLLM's engine arguments")
     for flag, kind, text in VLLM_OPTIONS:
         v.add_argument(flag, type=kind, metavar="N" if kind is int else flag.split("-")[-1].upper(), help=text)
@@ -309,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "get 403, against DNS rebinding); '*' admits any; repeatable")
     p.add_argument("--no-openapi", action="store_true", help="do not serve /openapi.json")
     p.add_argument("--model-name", metavar="NAME", help="the id /v1/models reports (default: the variant)")
+    p.add_argument("--stall-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="a request that gets no new token for this long (its first included) fails with 504 and "
+                        "frees its slot (default: %(default)s)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGINT/SIGTERM, running requests get this long to finish; then each ends with its "
+                        "final event (finish_reason length) (default: %(default)s)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     p.add_argument("--headless", action="store_true",
                    help="with --engine vllm --nnodes N --node-rank R (R >= 1): run this machine's vLLM workers "

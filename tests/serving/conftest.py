@@ -3,7 +3,10 @@ uvicorn on a thread and a free port, started once per module."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -146,3 +149,65 @@ def poison(model, monkeypatch, prompt_ids: list[int]):
 
     monkeypatch.setattr(model, "forward", forward)
     return hits
+
+
+class Serve:
+    """A real `codellama-hf serve FOLDER` subprocess on a free loopback port, its output in a file."""
+
+    def __init__(self, folder, tmp_path, *args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "serve.log"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "codellama_hf_cli", "serve", str(folder), "--host", "127.0.0.1", "--port",
+                 str(self.port), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def health(self) -> int | None:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=5).status_code
+        except httpx.HTTPError:
+            return None
+
+    def wait_for(self, statuses, timeout: float = 240) -> int:
+        deadline = time.monotonic() + timeout
+        while (status := self.health()) not in statuses:
+            assert self.process.poll() is None, self.text()
+            assert time.monotonic() < deadline, f"no {statuses} from /health"
+            time.sleep(0.01)
+        return status
+
+    def signal_and_wait(self, sig, timeout: float) -> float:
+        """Send `sig`; seconds until the process exited (killed after timeout + 30 s)."""
+        t = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=timeout + 30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        return time.monotonic() - t
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def serve(instruct_folder, tmp_path):
+    """serve(*args) starts `codellama-hf serve` on the tiny Instruct folder; every one is killed by PID at the end."""
+    started = []
+
+    def start(*args):
+        started.append(Serve(instruct_folder, tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()

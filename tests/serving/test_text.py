@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from codellama_hf.serving.prompts import SNIPPET_SEPARATOR, extra_context, split_literal_template
 from codellama_hf.serving.protocol import ServingError
-from codellama_hf.serving.detokenize import TextAssembler, partial_stop_length
+from codellama_hf.serving.detokenize import StopTail, TextAssembler, partial_stop_length
 
 PIECES = {1: "def", 2: " f", 3: "(x", 4: "):", 5: "\n", 6: "    return", 7: " x", 8: "\n\n", 9: "class"}
 
@@ -121,3 +123,28 @@ def test_settling_keeps_each_decode_short_and_the_text_the_same():
     parts, tail = feed_all(assembler, ids)
     assert "".join(parts) + tail == decode(ids)
     assert max(calls[-20:]) <= 2 * TextAssembler.SETTLE  # not the whole answer each time
+
+
+# ----- the stop check's cost (issue 22, row 5) --------------------------------------------------------------------
+
+def _border(text: str, stop: str) -> int:
+    return max((n for n in range(min(len(stop) - 1, len(text)) + 1) if text.endswith(stop[:n])), default=0)
+
+
+@given(st.text("ab\n", max_size=12), st.lists(st.text("ab\n", max_size=6), min_size=1, max_size=8))
+def test_the_incremental_stop_tail_is_the_longest_border(stop, pieces):
+    tail, text = StopTail(stop), ""
+    for piece in pieces:
+        text += piece
+        assert tail.feed(text) == _border(text, stop)
+
+
+def test_the_stop_check_reads_only_the_new_text():
+    """Each feed walks the new characters only: the automaton's table grows no further than the match."""
+    stop = "b" * 100_000
+    tail, text = StopTail(stop), ""
+    for _ in range(2000):
+        text += "a" * 50
+        assert tail.feed(text) == 0
+    assert len(tail._fail) == 1  # nothing of the 100k-character stop was ever needed
+    assert tail.feed(text + "bbb") == 3 and len(tail._fail) <= 4

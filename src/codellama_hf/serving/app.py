@@ -22,6 +22,7 @@ from . import llamacpp_api, ollama_api, openai_api, schema, score_api, tgi_api
 from .. import __version__
 from ..errors import UserInputError
 from .httputil import ApiShape, validation_error
+from .loading import Cancelled
 from .protocol import ServingError
 from .service import Service
 
@@ -177,17 +178,31 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
     async def lifespan(app: FastAPI):
         def run():
             try:
-                app.state.service = load()
-                logger.info("ready: %s", app.state.service.model_id)
+                service = load()
+            except Cancelled:  # the server is stopping (Ctrl-C while loading)
+                return
+            except UserInputError as e:  # e.g. a --kv-cache-tokens that does not fit: /health and `serve` say it
+                app.state.load_error = str(e)  # (the CLI prints it once; no traceback for a user's mistake)
+                return
             except Exception as e:  # noqa: BLE001 - reported by /health and every endpoint, and logged
                 logger.exception("loading failed")
                 app.state.load_error = f"{type(e).__name__}: {e}"
+                return
+            with lock:
+                if app.state.closing.is_set():  # loaded after the server stopped: leave no engine thread behind
+                    service.engine.stop()
+                    return
+                app.state.service = service
+            logger.info("ready: %s", service.model_id)
 
+        lock = threading.Lock()
         loader = threading.Thread(target=run, name="codellama-load", daemon=True)
         loader.start()
         try:
             yield
         finally:
+            with lock:
+                app.state.closing.set()
             loader.join(timeout=0.1)
             if app.state.service is not None:
                 app.state.service.engine.stop()
@@ -195,6 +210,7 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
     app = FastAPI(title="codellama-hf", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json" if options.openapi else None)
     app.state.service, app.state.load_error, app.state.started = None, None, int(time.time())
+    app.state.closing = threading.Event()  # set when the server stops; a load still running gives up
     for module in (openai_api, llamacpp_api, tgi_api, score_api, ollama_api):
         app.include_router(module.router)
 

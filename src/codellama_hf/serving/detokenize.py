@@ -14,15 +14,55 @@ from collections.abc import Callable, Sequence
 REPLACEMENT = "\ufffd"
 
 
+MAX_STOPS = 4  # stop strings per request, as OpenAI and TGI allow; every API shape checks it
+
+
 def partial_stop_length(text: str, stops: Sequence[str]) -> int:
     """Length of the longest tail of `text` that is the start of some stop string (a stop that may still come)."""
     best = 0
     for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
+        tail = StopTail(stop)
+        best = max(best, tail.feed(text))
     return best
+
+
+class StopTail:
+    """How much of a growing text's end could still become `stop`: Knuth-Morris-Pratt's automaton, fed only the
+    text appended since the last call, its failure table built only as far as a match has reached. So each token
+    costs O(its new text), whatever the stop's and the answer's length (a quadratic check per token froze the
+    server for 25 s with long stops)."""
+
+    def __init__(self, stop: str):
+        self.stop, self._fail, self._k, self._text = stop, [0], 0, ""
+
+    def _extend(self, n: int) -> None:
+        stop, fail = self.stop, self._fail
+        k = fail[-1]
+        for i in range(len(fail), min(n, len(stop))):
+            while k and stop[i] != stop[k]:
+                k = fail[k - 1]
+            if stop[i] == stop[k]:
+                k += 1
+            fail.append(k)
+
+    def feed(self, text: str) -> int:
+        """The longest tail of `text` (which usually extends the last one) that is a proper start of the stop."""
+        if not text.startswith(self._text):  # rewritten (not seen with SentencePiece): start over
+            self._k, self._text = 0, ""
+        stop, fail, k, m = self.stop, self._fail, self._k, len(self.stop)
+        if m == 0:
+            return 0
+        for ch in text[len(self._text):]:
+            if k == m:
+                k = fail[k - 1]
+            while k and ch != stop[k]:
+                k = fail[k - 1]
+            if ch == stop[k]:
+                k += 1
+                if k > len(fail):
+                    self._extend(k)
+        self._k, self._text = k, text
+        return fail[m - 1] if k == m else k  # a whole stop at the end: the longest proper start within it
 
 
 class TextAssembler:
@@ -39,6 +79,7 @@ class TextAssembler:
                  decode_more: Callable[[list[int]], str] | None = None):
         self._decode_first, self._decode_more = decode, decode_more
         self._stops = [s for s in stop if s]
+        self._tails = [StopTail(s) for s in self._stops]
         self._settled_ids, self._settled_text = 0, ""
         self.emitted = ""  # text already released
         self.stopped_by: str | None = None  # the stop string that ended the text, once found
@@ -67,7 +108,8 @@ class TextAssembler:
             at, self.stopped_by = min(hits)
             return self._release(full[:at])
         stable = full.rstrip(REPLACEMENT)
-        return self._release(stable[:len(stable) - partial_stop_length(stable, self._stops)])
+        held = max((t.feed(stable) for t in self._tails), default=0)
+        return self._release(stable[:len(stable) - held])
 
     def finish(self, ids: list[int]) -> str:
         """The rest of the text at the end of generation (held-back tails are final now)."""

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 # ServingError.kind -> status, unless an API shape says otherwise
 STATUS = {"invalid": 400, "unsupported": 400, "auth": 401, "forbidden": 403, "not_found": 404, "method": 405,
-          "too_large": 413, "overloaded": 429, "internal": 500, "unavailable": 503}
+          "too_large": 413, "overloaded": 429, "internal": 500, "unavailable": 503, "timeout": 504}
 RETRY_AFTER = {"overloaded": "1", "unavailable": "5"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .detokenize import MAX_STOPS
 from .fields import Text
 from .httputil import ApiShape, ClientGone, sse, sse_response, unless_disconnected
 from .protocol import Delta, Done, Sampling
@@ -49,7 +50,7 @@ class _Common(BaseModel):
     temperature: float = Field(0.8, ge=0)  # 0: greedy
     top_k: int = Field(40, ge=0)
     top_p: float = Field(0.95, ge=0, le=1)
-    stop: list[Text] = Field(default_factory=list)
+    stop: list[Text] = Field(default_factory=list, max_length=MAX_STOPS)
     stream: bool = False
     seed: int = -1  # -1: a fresh draw each time
     ignore_eos: bool = False
@@ -149,9 +150,10 @@ async def _answer(request: Request, body: _Common, req, service: Service, shape:
 @router.post("/infill", **media("application/json", "text/event-stream"))
 async def infill(body: InfillRequest, request: Request):
     service: Service = request.app.state.service
-    ids, decode, truncated = _trimmed(
-        lambda limit: (service.llamacpp_infill_ids(body.input_prefix, body.input_suffix, body.prompt,
-                                                   body.input_extra, max_prompt_tokens=limit), "infill"),
+    service.check_room()
+    ids, decode, truncated = await service.off_loop(
+        _trimmed, lambda limit: (service.llamacpp_infill_ids(body.input_prefix, body.input_suffix, body.prompt,
+                                                             body.input_extra, max_prompt_tokens=limit), "infill"),
         body.max_prompt_tokens)
     return await _answer(request, body, body.request(service, ids, decode), service, INFILL_SHAPE, truncated)
 
@@ -159,6 +161,7 @@ async def infill(body: InfillRequest, request: Request):
 @router.post("/completion", **media("application/json", "text/event-stream"))
 async def completion(body: CompletionRequest, request: Request):
     service: Service = request.app.state.service
-    ids, decode, truncated = _trimmed(lambda limit: service.template_ids(body.prompt, max_prompt_tokens=limit),
-                                      body.max_prompt_tokens)
+    service.check_room()
+    ids, decode, truncated = await service.off_loop(
+        _trimmed, lambda limit: service.template_ids(body.prompt, max_prompt_tokens=limit), body.max_prompt_tokens)
     return await _answer(request, body, body.request(service, ids, decode), service, SHAPE, truncated)

@@ -10,12 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .fields import Text, encodable
 from .httputil import ApiShape, ClientGone, merged, results, sse, sse_response, unless_disconnected
+from .detokenize import MAX_STOPS
 from .protocol import Delta, Done, Sampling, ServingError
 from .schema import media
 from .service import start_all
 
 router = APIRouter()
 MAX_N = 8
+MAX_CHOICES = 64  # prompts x n in one request, as /score caps its inputs
 
 
 class OpenAIShape(ApiShape):
@@ -24,7 +26,7 @@ class OpenAIShape(ApiShape):
     error_schema = {"type": "object", "required": ["error"],
                     "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"]}}}
     TYPES = {"auth": "authentication_error", "overloaded": "rate_limit_error", "internal": "server_error",
-             "unavailable": "server_error", "not_found": "not_found_error"}
+             "unavailable": "server_error", "timeout": "server_error", "not_found": "not_found_error"}
     CODES = {"auth": "invalid_api_key", "overloaded": "queue_full", "unavailable": "model_not_ready",
              "too_large": "request_too_large", "unsupported": "unsupported_for_model"}
 
@@ -51,8 +53,8 @@ class _Common(BaseModel):
     @field_validator("stop")
     @classmethod
     def _at_most_four(cls, v):
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError(f"at most 4 stop sequences, got {len(v)}")
+        if isinstance(v, list) and len(v) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(v)}")
         return v
 
     def sampling(self) -> Sampling:
@@ -125,14 +127,24 @@ async def completions(body: CompletionRequest, request: Request):
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise ServingError("prompt: send a string or a non-empty list of strings", param="prompt")
-    built = []
-    for prompt in prompts:
-        if body.suffix is not None:  # real infilling (PSM), Meta's ids; the prompt's text stays text
-            ids, decode = service.infill_ids(prompt, body.suffix, max_prompt_tokens=body.max_prompt_tokens), "infill"
-        else:
-            ids, decode = service.plain_ids(prompt), "continue"
-        built.append(service.request(ids, max_new_tokens=body.max_tokens, sampling=body.sampling(), stop=body.stop,
-                                     decode=decode))
+    if len(prompts) * body.n > MAX_CHOICES:
+        raise ServingError(f"prompt: {len(prompts)} prompts x n={body.n} is {len(prompts) * body.n} completions; at "
+                           f"most {MAX_CHOICES} per request: send the rest in another request", param="prompt")
+    service.check_room(len(prompts) * body.n)
+
+    def build():
+        built = []
+        for prompt in prompts:
+            if body.suffix is not None:  # real infilling (PSM), Meta's ids; the prompt's text stays text
+                ids = service.infill_ids(prompt, body.suffix, max_prompt_tokens=body.max_prompt_tokens)
+                decode = "infill"
+            else:
+                ids, decode = service.plain_ids(prompt), "continue"
+            built.append(service.request(ids, max_new_tokens=body.max_tokens, sampling=body.sampling(),
+                                         stop=body.stop, decode=decode))
+        return built
+
+    built = await service.off_loop(build)
     requests = [r for r in built for _ in range(body.n)]  # choice index = prompt index * n + j, as OpenAI orders
     runs = start_all(service, requests)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -173,7 +185,8 @@ async def completions(body: CompletionRequest, request: Request):
 async def chat_completions(body: ChatRequest, request: Request):
     service = _service(request)
     messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(body.messages)]
-    ids = service.chat_ids(messages)
+    service.check_room(body.n)
+    ids = await service.off_loop(service.chat_ids, messages)
     limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     req = service.request(ids, max_new_tokens=limit, sampling=body.sampling(), stop=body.stop, decode="chat",
                           param="max_tokens")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from .fields import Text
+from .detokenize import MAX_STOPS
 from .protocol import Sampling
 
 
@@ -21,7 +22,7 @@ class Parameters(BaseModel):
     top_k: int = Field(0, ge=0)
     do_sample: bool = False
     return_full_text: bool = True
-    stop: list[Text] = Field(default_factory=list)
+    stop: list[Text] = Field(default_factory=list, max_length=MAX_STOPS)
 
     def sampling(self) -> Sampling:
         if not self.do_sample:

@@ -63,7 +63,7 @@ class Done:
 
 
 class ServingError(Exception):
-    """A request the server cannot serve. kind: invalid | unsupported | overloaded | unavailable | internal.
+    """A request the server cannot serve. kind: invalid | unsupported | overloaded | unavailable | internal | timeout.
 
     `param` names the request field at fault where there is one; the message names the value and the fix.
     """

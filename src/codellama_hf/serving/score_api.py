@@ -24,7 +24,7 @@ class ScoreShape(ApiShape):
                     "properties": {"error": {"type": "object", "required": ["code", "message"]}}}
     CODES = {"invalid": "BadArgument", "unsupported": "BadArgument", "auth": "Unauthorized",
              "too_large": "RequestEntityTooLarge", "overloaded": "TooManyRequests", "unavailable": "ServiceUnavailable",
-             "internal": "InternalServerError"}
+             "internal": "InternalServerError", "timeout": "GatewayTimeout"}
 
     def body(self, status, message, *, kind, param):
         return {"error": {"code": self.CODES.get(kind, "BadArgument"), "message": message}}
@@ -50,9 +50,11 @@ async def score(body: ScoreRequest, request: Request):
     service: Service = request.app.state.service
     params = body.input_data.parameters or body.parameters or Parameters()
     inputs = body.input_data.input_string
-    reqs = [service.request(service.plain_ids(text, param="input_string"), max_new_tokens=params.max_new_tokens,
-                            sampling=params.sampling(), stop=params.stop, decode="continue",
-                            param="parameters.max_new_tokens") for text in inputs]
+    service.check_room(len(inputs))
+    reqs = await service.off_loop(lambda: [
+        service.request(service.plain_ids(text, param="input_string"), max_new_tokens=params.max_new_tokens,
+                        sampling=params.sampling(), stop=params.stop, decode="continue",
+                        param="parameters.max_new_tokens") for text in inputs])
     runs = start_all(service, reqs)
     try:
         dones = await unless_disconnected(request, results(runs))

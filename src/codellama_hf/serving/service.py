@@ -7,9 +7,12 @@ come from `capabilities()`, as the pipelines read them; the prompt ids come only
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..configuration import capabilities
@@ -49,6 +52,17 @@ class Service:
                           "chat": (lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                                    lambda ids: more([i for i in ids if i not in special]))}
         assert set(self._decoders) == set(DECODES)
+        # Tokenizing a request costs time in proportion to its text (up to the 4 MiB body limit: seconds), so it runs
+        # here, off the event loop, which then keeps answering /health and streaming to everyone else.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codellama-tokenize")
+
+    async def off_loop(self, fn, /, *args, **kwargs):
+        """fn(*args, **kwargs) on the tokenizing threads; for work that grows with a request's text."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def check_room(self, count: int = 1) -> None:
+        """Refuse (429) before any work is spent when `count` more requests would pass --max-queue."""
+        self.engine.check_room(count)
 
     # ----- prompt ids (Meta's) --------------------------------------------------------------------------------
     def require_infilling(self, param: str) -> None:

@@ -18,13 +18,13 @@ TRANSFORMERS_ENGINES = ("continuous", "eager")  # the engines that run on a Tran
 
 
 def make_engine(model, *, engine: str = "continuous", max_queue: int = 256, max_batch_tokens: int | None = None,
-                kv_cache_tokens: int | None = None) -> Engine:
+                kv_cache_tokens: int | None = None, stall_timeout: float | None = None) -> Engine:
     """An engine around a loaded Transformers model: continuous (on CPU too it measured 1.4x/2.1x one-at-a-time
     generate for 4/16 clients and within 13% for one, see docs/serving.md) or eager. vLLM loads the folder itself:
     engines/vllm.py's VllmEngine, made by loading.py."""
     if engine == "continuous":
         return ContinuousEngine(model, max_queue=max_queue, max_batch_tokens=max_batch_tokens,
-                                kv_cache_tokens=kv_cache_tokens)
+                                kv_cache_tokens=kv_cache_tokens, stall_timeout=stall_timeout)
     if engine == "eager":
-        return EagerEngine(model, max_queue=max_queue)
+        return EagerEngine(model, max_queue=max_queue, stall_timeout=stall_timeout)
     raise UserInputError(f"unknown engine {engine!r}; expected one of: {', '.join(TRANSFORMERS_ENGINES)}")

@@ -21,8 +21,9 @@ class Submission:
     """
 
     def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, *, on_cancel: Callable,
-                 on_end: Callable):
+                 on_end: Callable, stall_timeout: float | None = None):
         self.request = request
+        self.stall_timeout = stall_timeout  # the longest wait for the next ids, the first included
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.cancelled = threading.Event()
@@ -67,7 +68,14 @@ class Submission:
 
     async def new_ids(self) -> AsyncIterator[list[int]]:
         while True:
-            kind, ids = await self._queue.get()
+            try:
+                async with asyncio.timeout(self.stall_timeout):
+                    kind, ids = await self._queue.get()
+            except TimeoutError:
+                # A stalled engine, or a request lost in a restart: fail it, and free its slot, rather than wait on
+                self.cancel()
+                raise ServingError(f"no token came for {self.stall_timeout:g} s (--stall-timeout): the engine is "
+                                   f"stalled or overloaded; retry later", kind="timeout") from None
             if kind == "end":
                 if self.error is not None:
                     raise ServingError(f"generation failed: {self.error}", kind="internal")
@@ -76,10 +84,15 @@ class Submission:
 
     def cancel(self) -> None:
         """Stop generating for this request (idempotent, and a no-op once it ended); its capacity is free at once."""
+        self.end("cancelled")
+
+    def end(self, reason: str) -> None:
+        """Stop generating now and end the stream as if the engine had: `reason` "length" is a server that shuts
+        down, whose clients still get their final event."""
         if self._closed:
             return
         self._closed = True
-        self.finish_reason = "cancelled"
+        self.finish_reason = reason
         self.cancelled.set()
         self._on_cancel(self)
         self._queue.put_nowait(("end", None))
@@ -90,8 +103,8 @@ class Engine:
 
     name = "engine"
 
-    def __init__(self, *, max_queue: int):
-        self.max_queue = max_queue
+    def __init__(self, *, max_queue: int, stall_timeout: float | None = None):
+        self.max_queue, self.stall_timeout = max_queue, stall_timeout
         self._active: dict[int, Submission] = {}
         self._ids = itertools.count()
 
@@ -99,12 +112,17 @@ class Engine:
     def in_flight(self) -> int:
         return len(self._active)
 
+    def check_room(self, count: int = 1) -> None:
+        """Raise QueueFull unless `count` more requests fit under --max-queue (before any work is spent on them)."""
+        if len(self._active) + count > self.max_queue:
+            raise QueueFull(self.max_queue)
+
     def submit(self, request: GenerationRequest) -> Submission:
         """Queue `request`; called on the event loop. Raises QueueFull at --max-queue requests in flight."""
-        if len(self._active) >= self.max_queue:
-            raise QueueFull(self.max_queue)
+        self.check_room()
         key = next(self._ids)
-        sub = Submission(request, asyncio.get_running_loop(), on_cancel=self._cancel, on_end=self._release)
+        sub = Submission(request, asyncio.get_running_loop(), on_cancel=self._cancel, on_end=self._release,
+                         stall_timeout=self.stall_timeout)
         sub.key = key
         self._active[key] = sub
         try:
@@ -122,6 +140,13 @@ class Engine:
 
     def _cancel(self, sub: Submission) -> None:
         self._release(sub)
+
+    def drain(self, reason: str = "length") -> int:
+        """End every request in flight now, each with `reason` as its finish (a server shutting down); how many."""
+        subs = list(self._active.values())
+        for sub in subs:
+            sub.end(reason)
+        return len(subs)
 
     def start(self) -> None:
         """Get ready (blocking: called while the server answers 503)."""

@@ -17,12 +17,12 @@ docs/serving.md); `--engine eager` remains for comparison and as a fallback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
 from ... import _compat
 from .base import Engine, Submission
-from ..protocol import ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +31,28 @@ logger = logging.getLogger(__name__)
 _CB_DEFAULTS = dict(do_sample=True, temperature=0.5, top_p=0.5, top_k=50)
 
 
+def _running(manager) -> bool:
+    """Whether the manager's loop runs and takes new requests."""
+    return manager is not None and manager.is_running() and _compat.manager_accepts_requests(manager)
+
+
 class ContinuousEngine(Engine):
     """Transformers' continuous batching for every request but seeded sampling (see the module docstring)."""
 
     name = "continuous"
 
     def __init__(self, model, *, max_queue: int = 256, max_batch_tokens: int | None = None,
-                 kv_cache_tokens: int | None = None, page_size: int = 256, eager_lane=None):
-        super().__init__(max_queue=max_queue)
+                 kv_cache_tokens: int | None = None, page_size: int = 256, eager_lane=None,
+                 stall_timeout: float | None = None):
+        super().__init__(max_queue=max_queue, stall_timeout=stall_timeout)
         self.model = model
         self.max_batch_tokens, self.kv_cache_tokens, self.page_size = max_batch_tokens, kv_cache_tokens, page_size
         self._eager_lane = eager_lane  # an EagerEngine for seeded sampling; made on first use when None
         self._manager = None
         self._rids: dict[str, Submission] = {}
-        self._lock = threading.Lock()
+        self._pending: list[Submission] = []  # waiting for a restarted manager
+        self._restarting = False
+        self._stopping = threading.Lock()
 
     # ----- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -67,31 +75,63 @@ class ContinuousEngine(Engine):
         return manager
 
     def stop(self) -> None:
-        if self._manager is not None:
-            self._manager.stop(block=True, timeout=10)
-            self._manager = None
-        if self._eager_lane is not None:
-            self._eager_lane.stop()
+        # hard_stop: what is still queued was cancelled or drained already; flushing it kept a stopping server
+        # alive for seconds
+        with self._stopping:  # once, from whichever thread comes first (a shutdown's drain, the app's end)
+            manager, self._manager = self._manager, None
+            lane, self._eager_lane = self._eager_lane, None
+        if manager is not None:
+            manager.stop(block=True, timeout=10, hard_stop=True)
+        if lane is not None:
+            lane.stop()
 
-    def _ensure_running(self, *, restart: bool = False):
-        # A forward pass that raises stops the manager's thread (after failing the requests it held); later
-        # requests get a new manager, so one bad batch does not take the server down.
-        manager = self._manager
-        healthy = (manager is not None and manager.is_running()
-                   and _compat.manager_accepts_requests(manager))
-        if restart or not healthy:
-            logger.warning("the continuous batching loop had stopped; starting a new one")
-            if manager is not None:
-                manager.stop(block=True, timeout=10)
-            self._manager = self._new_manager()
-        return self._manager
+    # A forward pass that raises stops the manager's thread (after failing the requests it held); later requests get
+    # a new manager, so one bad batch does not take the server down. Stopping the old manager and starting a new one
+    # takes seconds, so it runs on a thread; requests that arrive meanwhile wait in `_pending` (their stall timeout
+    # still runs) and are added when it is ready.
+    def _restart(self) -> None:
+        """Start a new manager on a thread (once at a time); called on the event loop."""
+        if self._restarting:
+            return
+        self._restarting = True
+        logger.warning("the continuous batching loop had stopped; starting a new one")
+        loop, old = asyncio.get_running_loop(), self._manager
+
+        def work():
+            try:
+                if old is not None:
+                    old.stop(block=True, timeout=10, hard_stop=True)
+                new, error = self._new_manager(), None
+            except Exception as e:  # noqa: BLE001 - handed to the loop, which fails the waiting requests with it
+                new, error = None, f"{type(e).__name__}: {e}"
+            try:
+                loop.call_soon_threadsafe(self._restarted, new, error)
+            except RuntimeError:  # the loop is gone (the server stopped meanwhile)
+                if new is not None:
+                    new.stop(block=True, timeout=10)
+
+        threading.Thread(target=work, name="codellama-cb-restart", daemon=True).start()
+
+    def _restarted(self, manager, error: str | None) -> None:
+        self._restarting, self._manager = False, manager
+        pending, self._pending = self._pending, []
+        for sub in pending:
+            if sub.done:
+                continue
+            if manager is None:
+                self._forget(sub.rid)
+                sub.fail(f"the generation loop could not restart: {error}")
+            elif not self._add(manager, sub):
+                self._forget(sub.rid)
+                sub.fail("the generation loop stopped again while restarting")
 
     # ----- requests -------------------------------------------------------------------------------------------
     def _lane(self):
         if self._eager_lane is None:
             from .eager import EagerEngine
 
-            self._eager_lane = EagerEngine(self.model, max_queue=self.max_queue)
+            self._eager_lane = EagerEngine(self.model, max_queue=self.max_queue,
+                                            stall_timeout=self.stall_timeout)
             self._eager_lane.start()
         return self._eager_lane
 
@@ -103,20 +143,20 @@ class ContinuousEngine(Engine):
         rid = f"cl{sub.key}"
         sub.rid = rid
         self._rids[rid] = sub
-        s = request.sampling
+        manager = self._manager
+        if self._restarting or not _running(manager) or not self._add(manager, sub):
+            self._pending.append(sub)
+            self._restart()
+
+    def _add(self, manager, sub: Submission) -> bool:
+        request, s = sub.request, sub.request.sampling
         kwargs = (dict(top_k=1, temperature=1.0, top_p=1.0) if s.greedy else
                   dict(temperature=float(s.temperature), top_p=float(s.top_p),
                        top_k=int(s.top_k) if s.top_k > 0 else int(self.model.config.vocab_size)))
-        for attempt in range(2):
-            manager = self._ensure_running(restart=attempt > 0)
-            manager.register_result_handler(rid, lambda output, sub=sub: self._on_output(sub, output))
-            got = manager.add_request(list(request.prompt_ids), request_id=rid,
-                                      max_new_tokens=request.max_new_tokens, streaming=True,
-                                      eos_token_id=sorted(request.stop_ids), **kwargs)
-            if got is not None:
-                return
-        self._forget(rid)  # the manager refused twice (it was stopping): nothing will come for this id
-        raise ServingError("the generation loop is restarting; retry", kind="unavailable")
+        manager.register_result_handler(sub.rid, lambda output, sub=sub: self._on_output(sub, output))
+        got = manager.add_request(list(request.prompt_ids), request_id=sub.rid, max_new_tokens=request.max_new_tokens,
+                                  streaming=True, eos_token_id=sorted(request.stop_ids), **kwargs)
+        return got is not None
 
     def _on_output(self, sub: Submission, output) -> None:
         """Runs on the event loop (the manager delivers through call_soon_threadsafe)."""
@@ -135,9 +175,8 @@ class ContinuousEngine(Engine):
 
     def _forget(self, rid: str) -> None:
         self._rids.pop(rid, None)
-        manager = self._manager
-        if manager is not None:  # a cancelled request never finishes, so its handler would stay registered
-            _compat.forget_result_handler(manager, rid)
+        if self._manager is not None:  # a cancelled request never finishes, so its handler would stay registered
+            _compat.forget_result_handler(self._manager, rid)
 
     def _cancel(self, sub: Submission) -> None:
         self._release(sub)

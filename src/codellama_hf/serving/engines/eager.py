@@ -72,8 +72,8 @@ class _ToSubmission(BaseStreamer):
 class EagerEngine(Engine):
     name = "eager"
 
-    def __init__(self, model, *, max_queue: int = 256, fast: bool | None = None):
-        super().__init__(max_queue=max_queue)
+    def __init__(self, model, *, max_queue: int = 256, fast: bool | None = None, stall_timeout: float | None = None):
+        super().__init__(max_queue=max_queue, stall_timeout=stall_timeout)
         self.model = model
         self.fast = fast  # the pipelines' fast path (codellama_hf.fast_path): None is on for CUDA models, as there
         self._jobs: queue.Queue = queue.Queue()

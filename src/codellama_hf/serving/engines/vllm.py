@@ -45,8 +45,8 @@ class VllmEngine(Engine):
     name = "vllm"
 
     def __init__(self, folder, *, max_queue: int = 256, dtype: str = "auto", max_batch_tokens: int | None = None,
-                 max_model_len: int | None = None, **engine_args):
-        super().__init__(max_queue=max_queue)
+                 max_model_len: int | None = None, stall_timeout: float | None = None, **engine_args):
+        super().__init__(max_queue=max_queue, stall_timeout=stall_timeout)
         self.folder = str(folder)
         args = dict(model=self.folder, skip_tokenizer_init=True, dtype=dtype, max_num_seqs=min(max_queue, 256),
                     max_num_batched_tokens=max_batch_tokens, max_model_len=max_model_len, **engine_args)
