@@ -18,6 +18,9 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from codellama_hf_core.memory import DTYPE_BYTES, weights_bytes
+
+from .detokenize import MAX_STOPS
 from .fields import Text
 from .httputil import ApiShape, ClientGone, ndjson, sse_response, unless_disconnected
 from .prompts import MARKERS
@@ -55,7 +58,7 @@ class Options(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0)
     num_predict: int | None = Field(None, ge=-2)  # -1: until a stop; -2: until the context is full
-    stop: list[Text] | None = None
+    stop: list[Text] | None = Field(None, max_length=MAX_STOPS)
     seed: int | None = None
 
     def sampling(self) -> Sampling:
@@ -153,18 +156,24 @@ async def _answer(request: Request, service: Service, body: _Common, run_list: l
     return {**head(), **wrap(done.text), **_final(service, run, done)}
 
 
+def _prompt(service: Service, body: GenerateRequest) -> tuple[list[int], str]:
+    """(ids, decode) for /api/generate: infilling with `suffix`, Code Llama's template written into the prompt, one
+    Instruct turn, or plain text to continue."""
+    if body.suffix:
+        return service.infill_ids(body.prompt, body.suffix, param="suffix"), "infill"
+    if any(marker in body.prompt for marker in MARKERS):  # Twinny's and Tabby's template, as Ollama's runner reads it
+        return service.template_ids(body.prompt)
+    if service.chat_format != "none" and not body.raw:
+        system = [{"role": "system", "content": body.system}] if body.system else []
+        return service.chat_ids(system + [{"role": "user", "content": body.prompt}]), "chat"
+    return service.plain_ids(body.prompt), "continue"
+
+
 @router.post("/api/generate", **media(NDJSON, "application/json"))
 async def generate(body: GenerateRequest, request: Request):
     service: Service = request.app.state.service
-    if body.suffix:
-        ids, decode = service.infill_ids(body.prompt, body.suffix, param="suffix"), "infill"
-    elif any(marker in body.prompt for marker in MARKERS):  # Twinny's and Tabby's template, as Ollama's runner reads it
-        ids, decode = service.template_ids(body.prompt)
-    elif service.chat_format != "none" and not body.raw:
-        system = [{"role": "system", "content": body.system}] if body.system else []
-        ids, decode = service.chat_ids(system + [{"role": "user", "content": body.prompt}]), "chat"
-    else:
-        ids, decode = service.plain_ids(body.prompt), "continue"
+    service.check_room()  # before any work: a full queue costs no tokenizing
+    ids, decode = await service.off_loop(_prompt, service, body)
     o = body.options
     req = service.request(ids, max_new_tokens=o.max_new_tokens(), sampling=o.sampling(), stop=o.stop or (),
                           decode=decode, param="options.num_predict")
@@ -174,7 +183,8 @@ async def generate(body: GenerateRequest, request: Request):
 @router.post("/api/chat", **media(NDJSON, "application/json"))
 async def chat(body: ChatRequest, request: Request):
     service: Service = request.app.state.service
-    ids = service.chat_ids([{"role": m.role, "content": m.content} for m in body.messages])
+    service.check_room()
+    ids = await service.off_loop(service.chat_ids, [{"role": m.role, "content": m.content} for m in body.messages])
     o = body.options
     req = service.request(ids, max_new_tokens=o.max_new_tokens(), sampling=o.sampling(), stop=o.stop or (),
                           decode="chat", param="options.num_predict")
@@ -182,14 +192,24 @@ async def chat(body: ChatRequest, request: Request):
                          lambda text: {"message": {"role": "assistant", "content": text}})
 
 
-LEVELS = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16"}  # Ollama's words for them
+LEVELS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # Ollama's words for them
 
 
 def _details(service: Service) -> dict:
-    model = service.model
-    level = "bnb-4bit" if getattr(model.config, "quantization_config", None) else LEVELS.get(str(model.dtype), "")
+    config = service.config  # the folder's: under vLLM there is no Transformers model here
+    dtype = str(getattr(config, "dtype", None) or "").removeprefix("torch.")
+    level = "bnb-4bit" if getattr(config, "quantization_config", None) else LEVELS.get(dtype, "")
+    params = weights_bytes(config, dtype="float32") // DTYPE_BYTES["float32"]  # exact: every weight's numel
     return {"parent_model": "", "format": "safetensors", "family": "llama", "families": ["llama"],
-            "parameter_size": f"{model.num_parameters() / 1e9:.1f}B", "quantization_level": level}
+            "parameter_size": f"{params / 1e9:.1f}B", "quantization_level": level}
+
+
+def _size(service: Service) -> int:
+    """The weights' bytes in memory: the loaded model's, or (vLLM loads the folder itself) the config's exact count."""
+    if service.model is not None:
+        return service.model.get_memory_footprint()
+    dtype = str(getattr(service.config, "dtype", None) or "bfloat16").removeprefix("torch.")
+    return weights_bytes(service.config, dtype=dtype if dtype in DTYPE_BYTES else "bfloat16")
 
 
 def _capabilities(service: Service) -> list[str]:
@@ -202,7 +222,7 @@ async def tags(request: Request):
     service: Service = request.app.state.service
     modified = datetime.fromtimestamp(request.app.state.started, timezone.utc).isoformat().replace("+00:00", "Z")
     return {"models": [{"name": service.model_id, "model": service.model_id, "modified_at": modified,
-                        "size": service.model.get_memory_footprint(),
+                        "size": _size(service),
                         "digest": "", "details": _details(service)}]}
 
 

@@ -30,7 +30,7 @@ class TgiShape(ApiShape):
     error_schema = {"type": "object", "required": ["error", "error_type"],
                     "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}}}
     TYPES = {"invalid": "validation", "unsupported": "validation", "overloaded": "overloaded",
-             "auth": "authentication", "unavailable": "unhealthy", "internal": "generation"}
+             "auth": "authentication", "unavailable": "unhealthy", "internal": "generation", "timeout": "generation"}
 
     def body(self, status, message, *, kind, param):
         return {"error": message, "error_type": self.TYPES.get(kind, "validation")}
@@ -72,9 +72,11 @@ class GenerateRequest(BaseModel):
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default when max_new_tokens is not sent
 
 
-def _start(service: Service, body: GenerateRequest) -> list[Run]:
+async def _start(service: Service, body: GenerateRequest) -> list[Run]:
     p = body.parameters
-    req = service.request(service.plain_ids(body.inputs, param="inputs"),
+    service.check_room()  # before any work: a full queue costs no tokenizing
+    ids = await service.off_loop(service.plain_ids, body.inputs, param="inputs")
+    req = service.request(ids,
                           max_new_tokens=p.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, sampling=p.sampling(),
                           stop=p.stop or (), decode="continue", param="parameters.max_new_tokens")
     return start_all(service, [req])
@@ -118,7 +120,7 @@ def _details(run: Run, body: GenerateRequest, done: Done, tokens: list[dict]) ->
 
 
 async def _generate(service: Service, body: GenerateRequest, request: Request) -> dict | None:
-    runs = _start(service, body)
+    runs = await _start(service, body)
 
     async def collect():
         tokens = []
@@ -135,8 +137,8 @@ async def _generate(service: Service, body: GenerateRequest, request: Request) -
         runs[0].cancel()
 
 
-def _stream(service: Service, body: GenerateRequest):
-    runs = _start(service, body)
+async def _stream(service: Service, body: GenerateRequest):
+    runs = await _start(service, body)
 
     async def chunks():
         index, tokens = 0, []
@@ -155,7 +157,7 @@ async def compat_generate(body: GenerateRequest, request: Request):
     """TGI's route for its clients: a stream with `stream: true`, else a one-item list."""
     service: Service = request.app.state.service
     if body.stream:
-        return _stream(service, body)
+        return await _stream(service, body)
     answer = await _generate(service, body, request)
     return None if answer is None else [answer]
 
@@ -163,9 +165,9 @@ async def compat_generate(body: GenerateRequest, request: Request):
 @router.post("/generate", **media("application/json", "text/event-stream"))
 async def generate(body: GenerateRequest, request: Request):
     service: Service = request.app.state.service
-    return _stream(service, body) if body.stream else await _generate(service, body, request)
+    return await _stream(service, body) if body.stream else await _generate(service, body, request)
 
 
 @router.post("/generate_stream", **media("text/event-stream"))
 async def generate_stream(body: GenerateRequest, request: Request):
-    return _stream(request.app.state.service, body)
+    return await _stream(request.app.state.service, body)
