@@ -100,12 +100,14 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens, kv_cache_tokens=args.kv_cache_tokens,
         max_concurrent=args.max_concurrent, stall_timeout=args.stall_timeout, shutdown_grace=args.shutdown_grace,
         model_id=args.model_name, vllm_options=vllm_options(args))
-    # Served and stopped cleanly: every response went out and the engine stopped. The interpreter's own teardown
-    # (torch's, in C) then took 3 s more on a busy 2-core machine, past --shutdown-grace + 2 s; it has nothing left
-    # to do for a server process. A signal's exit status stays the shell's convention (130 for Ctrl-C).
+    if not stopped_by:
+        return 0
+    # Stopped by a signal after a clean shutdown: every response went out and the engine stopped. The interpreter's
+    # own teardown (torch's, in C) then took 3 s more on a busy 2-core machine, past --shutdown-grace + 2 s; it has
+    # nothing left to do for a server process. The exit status stays the shell's convention (130 for Ctrl-C).
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(128 + stopped_by if stopped_by else 0)
+    os._exit(128 + stopped_by)
 
 
 def _generate(args: argparse.Namespace) -> int:
