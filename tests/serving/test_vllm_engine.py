@@ -126,3 +126,41 @@ def test_tensor_parallel_2_across_two_simulated_nodes_gives_the_same_ids(vllm_fo
     tp2 = (tmp_path / "tp2.jsonl").read_text().splitlines()
     assert len(tp1) == len(lines) and tp1 == tp2
     assert all("error" not in json.loads(line) for line in tp1), tp1
+
+
+def test_every_other_api_shape_on_vllm_gets_metas_ids(vllm_server, eot_folder):
+    """llama.cpp's /infill and /completion (Code Llama's template), Ollama's /api/generate with `suffix`, TGI's
+    /generate and the model card's /score run on vLLM too: each infilling shape reaches it as SentencePiece's PSM ids
+    and answers Transformers' greedy middle; the plain shapes send SentencePiece's text ids and answer alike."""
+    import httpx
+
+    url, _ = vllm_server
+    meta = MetaReference(eot_folder / "tokenizer.model")
+    psm = meta.infilling_prompt(PREFIX, SUFFIX)
+    middle_ids = hf_greedy(eot_folder, [psm], 32, stop_ids=[meta.eot_id])[0]["ids"]
+    middle = meta.decode_infilling(middle_ids[:-1])  # ends at EOT (eot_folder), cut before decoding
+
+    def post(path: str, body: dict) -> dict:
+        r = httpx.post(f"{url}{path}", json=body, timeout=300)
+        assert r.status_code == 200, (path, r.text)
+        return r.json()
+
+    infill = post("/infill", {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 32, "temperature": 0})
+    assert (infill["content"], infill["tokens_evaluated"], infill["stop_type"]) == (middle, len(psm), "eos")
+    template = f"<PRE> {PREFIX} <SUF>{SUFFIX} <MID>"  # as Continue, Tabby and Twinny send it
+    completion = post("/completion", {"prompt": template, "n_predict": 32, "temperature": 0})
+    assert (completion["content"], completion["tokens_evaluated"]) == (middle, len(psm))
+    ollama = post("/api/generate", {"model": "codellama", "prompt": PREFIX, "suffix": SUFFIX, "stream": False,
+                                    "options": {"temperature": 0, "num_predict": 32}})
+    assert (ollama["response"], ollama["prompt_eval_count"], ollama["done_reason"]) == (middle, len(psm), "stop")
+
+    text = "def fibonacci(n):  # <FILL_ME> and </s> stay text"
+    plain = meta.encode_text(text)
+    tgi = post("/generate", {"inputs": text, "parameters": {"max_new_tokens": 8, "decoder_input_details": True}})
+    assert [t["id"] for t in tgi["details"]["prefill"]] == plain
+    stops = {meta.eos_id, meta.eot_id}
+    reference = hf_greedy(eot_folder, [plain], 8, stop_ids=sorted(stops))[0]["ids"]
+    got = [t["id"] for t in tgi["details"]["tokens"]]
+    assert [i for i in got if i not in stops] == [i for i in reference if i not in stops]
+    score = post("/score", {"input_data": {"input_string": [text], "parameters": {"max_new_tokens": 8}}})
+    assert score == [{"0": text + tgi["generated_text"]}]
