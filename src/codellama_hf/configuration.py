@@ -204,7 +204,8 @@ def capabilities(config=None, tokenizer=None) -> Capabilities:
     if facts is not None:
         name = facts.variant or f"this model (vocab {facts.vocab_size})"
     else:
-        name = f"the tokenizer {getattr(tokenizer, 'name_or_path', '') or ''!r}"
+        size = getattr(tokenizer, "vocab_size", None)
+        name = f"the tokenizer {getattr(tokenizer, 'name_or_path', '') or ''!r}" + (f" ({size} pieces)" if size else "")
     trained = facts.infilling if facts is not None else None
     complete = pieces is not None and None not in pieces.values()
     if trained is None and complete:

@@ -190,7 +190,8 @@ def create_app(load: Callable[[], Service], options: ServeOptions = ServeOptions
                 return
             with lock:
                 if app.state.closing.is_set():  # loaded after the server stopped: leave no engine thread behind
-                    service.engine.stop()
+                    if service is not None:
+                        service.engine.stop()
                     return
                 app.state.service = service
             logger.info("ready: %s", service.model_id)
