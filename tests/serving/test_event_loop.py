@@ -18,6 +18,7 @@ import pytest
 from .conftest import loader, poison, start_server
 
 HEALTH_BUDGET_S = float(os.environ.get("CODELLAMA_HEALTH_BUDGET_S", "0.25"))
+RESTART_S = 3.0  # the injected length of an engine restart
 
 
 @contextlib.contextmanager
@@ -134,11 +135,13 @@ def test_an_engine_restart_runs_off_the_event_loop(server, monkeypatch):
     real = engine._new_manager
 
     def slow_new_manager():
-        time.sleep(1.5)  # Transformers' manager takes seconds to stop and start on a busy machine
+        time.sleep(RESTART_S)  # Transformers' manager takes seconds to stop and start on a busy machine
         return real()
 
     monkeypatch.setattr(engine, "_new_manager", slow_new_manager)
     with health_latencies(server.url) as latencies:
         r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=60)
     assert r.status_code == 200, r.text  # it waited for the new loop, not failed
-    assert max(latencies) < HEALTH_BUDGET_S, max(latencies)
+    # A restart on the loop would hold /health for the whole RESTART_S; off it, /health only shares the GIL with the
+    # real manager's start (measured up to 0.58 s on 2 busy cores), so the bound sits between the two.
+    assert max(latencies) < max(HEALTH_BUDGET_S, RESTART_S / 2), max(latencies)
