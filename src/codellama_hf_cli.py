@@ -50,11 +50,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serving():
-    """The serving package, or a one-line error naming the extra it needs."""
+def _serving(*, http: bool = True):
+    """The serving package, or a one-line error naming the extra it needs. The batch job (http=False) needs only
+    pydantic of that extra: it imports no HTTP module."""
     try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
+        import pydantic  # noqa: F401
+        if http:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
     except ImportError as e:
         from codellama_hf.errors import UserInputError
 
@@ -111,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    serving = _serving()
+    serving = _serving(http=False)
     load_options = dict(dtype=args.dtype, quantization=args.quantization, device_map=args.device_map,
                         engine=args.engine, max_queue=max(args.concurrency, 1), max_batch_tokens=args.max_batch_tokens,
                         kv_cache_tokens=args.kv_cache_tokens, max_concurrent=args.max_concurrent,

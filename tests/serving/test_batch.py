@@ -205,3 +205,16 @@ def test_ray_replicas_default_to_what_the_cluster_holds_and_more_are_refused():
     assert _replicas(Cluster, 3, 1.0, 1.0) == 3
     with pytest.raises(UserInputError, match=r"--ray-replicas 5 with 1 CPUs and 1 GPUs each: .* room for 4"):
         _replicas(Cluster, 5, 1.0, 1.0)
+
+
+def test_generate_needs_no_http_module(monkeypatch):
+    """The batch job imports no HTTP module, so `codellama-hf generate` runs where uvicorn and fastapi are not
+    installed (an import of either then fails, as a missing package does)."""
+    import codellama_hf_cli
+    from codellama_hf.errors import UserInputError
+
+    for name in ("uvicorn", "fastapi"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert codellama_hf_cli._serving(http=False).run_batch
+    with pytest.raises(UserInputError, match="serve extra"):
+        codellama_hf_cli._serving(http=True)
