@@ -41,16 +41,17 @@ class Submission:
             self._queue.put_nowait(("ids", ids))
 
     def finish(self, reason: str) -> None:
-        if not self._closed:
-            self._closed = True
-            self.finish_reason = reason
-            self._on_end(self)
-            self._queue.put_nowait(("end", None))
+        self._end(finish_reason=reason)
 
     def fail(self, error: str) -> None:
+        self._end(error=error)
+
+    def _end(self, **outcome) -> None:
+        """Record how the request ended (once), free its slot, and wake the server's iterator."""
         if not self._closed:
             self._closed = True
-            self.error = error
+            for name, value in outcome.items():
+                setattr(self, name, value)
             self._on_end(self)
             self._queue.put_nowait(("end", None))
 
